@@ -1,0 +1,10 @@
+"""The ``cvprep`` command-line application.
+
+`app` defines the Click group; each command module adds its commands to it when imported.
+"""
+
+from cvprep.cli.app import cli
+
+main = cli
+
+__all__ = ["cli", "main"]

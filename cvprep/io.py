@@ -1,0 +1,341 @@
+"""Image reading and writing: the only place where cvprep meets BGR and file formats.
+
+Every public function here speaks RGB. Decoding is done by OpenCV (one decoder everywhere);
+Pillow only reads headers (size, mode, EXIF orientation) so that oversized images are refused
+before a single pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from cvprep.errors import ImageError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Images with more pixels than this are refused (decompression-bomb guard)."""
+
+WRITE_FORMATS = {
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".png": "png",
+    ".webp": "webp",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
+READ_EXTENSIONS = frozenset(WRITE_FORMATS) | {".jfif", ".jpe", ".gif", ".pgm", ".ppm", ".pbm"}
+
+_SIGNATURES = {
+    b"\xff\xd8\xff": "jpeg",
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"RIFF": "webp",
+    b"BM": "bmp",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+    b"GIF8": "gif",
+}
+_REDUCED_FLAGS = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+# cv2.rotate/flip steps that undo each EXIF orientation value (tag 0x0112).
+_EXIF_TRANSPOSE = {
+    2: (None, 1),
+    3: (cv2.ROTATE_180, None),
+    4: (None, 0),
+    5: (cv2.ROTATE_90_CLOCKWISE, 1),
+    6: (cv2.ROTATE_90_CLOCKWISE, None),
+    7: (cv2.ROTATE_90_COUNTERCLOCKWISE, 1),
+    8: (cv2.ROTATE_90_COUNTERCLOCKWISE, None),
+}
+
+ImageArray = npt.NDArray[np.uint8]
+
+
+def read_image(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    mode: Literal["rgb", "grayscale"] = "rgb",
+    alpha: Literal["drop", "composite"] = "composite",
+    background: tuple[int, int, int] = (255, 255, 255),
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    reduce: Literal[1, 2, 4, 8] = 1,
+) -> ImageArray:
+    """Decode an image file or byte string into an RGB (or grayscale) ``uint8`` array.
+
+    Parameters
+    ----------
+    source : path or bytes
+        A file path, or the encoded bytes of an image.
+    mode : {"rgb", "grayscale"}
+        ``"rgb"`` returns ``H×W×3``; ``"grayscale"`` returns ``H×W`` (ITU-R BT.601 luma).
+    alpha : {"drop", "composite"}
+        What to do with an alpha channel: ignore it, or blend the image over ``background``.
+    background : (r, g, b)
+        Background colour used by ``alpha="composite"``.
+    max_pixels : int or None
+        Refuse images with more pixels (read from the header, before decoding). ``None`` = no limit.
+    reduce : {1, 2, 4, 8}
+        Decode at 1/``reduce`` of the size. Much faster for large JPEGs, but not bit-exact
+        compared to decoding fully and resizing.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8``, EXIF orientation applied. 16-bit images are scaled to 8 bits; CMYK is
+        converted to RGB.
+
+    Raises
+    ------
+    ImageError
+        When the file is empty, truncated, not an image, larger than ``max_pixels`` or
+        otherwise undecodable. The message names the file.
+    ValueError
+        For invalid arguments.
+    """
+    if mode not in ("rgb", "grayscale"):
+        raise ValueError(f"`mode` should be 'rgb' or 'grayscale'. Received: mode={mode!r}")
+    if alpha not in ("drop", "composite"):
+        raise ValueError(f"`alpha` should be 'drop' or 'composite'. Received: alpha={alpha!r}")
+    if reduce not in (1, 2, 4, 8):
+        raise ValueError(f"`reduce` should be 1, 2, 4 or 8. Received: reduce={reduce!r}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(
+            f"`max_pixels` should be positive or None. Received: max_pixels={max_pixels}"
+        )
+    name, data = _load_bytes(source)
+    header = _read_header(name, data, max_pixels)
+    image = _decode(name, data, header, reduce=reduce)
+    image = _to_rgb(image, header, alpha=alpha, background=background)
+    if mode == "grayscale":
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image
+
+
+def _load_bytes(source: str | os.PathLike[str] | bytes) -> tuple[str, bytes]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        name, data = "<bytes>", bytes(source)
+    else:
+        name = os.fspath(source)
+        try:
+            data = Path(name).read_bytes()
+        except IsADirectoryError:
+            raise ImageError(name, "unreadable", "is a directory, not an image file") from None
+        except OSError as exc:
+            raise ImageError(name, "unreadable", f"cannot read file ({exc.strerror})") from exc
+    if not data:
+        raise ImageError(name, "empty", "file is empty (0 bytes)")
+    return name, data
+
+
+class _Header:
+    """What Pillow reads from the header without decoding pixels."""
+
+    def __init__(
+        self,
+        fmt: str | None,
+        size: tuple[int, int] | None,
+        pil_mode: str | None,
+        orientation: int,
+        has_alpha: bool,
+    ) -> None:
+        self.format = fmt
+        self.size = size  # (width, height) as Pillow reports it
+        self.pil_mode = pil_mode
+        self.orientation = orientation
+        self.has_alpha = has_alpha
+
+
+def _sniff(data: bytes) -> str | None:
+    for signature, fmt in _SIGNATURES.items():
+        if data.startswith(signature):
+            if fmt == "webp" and data[8:12] != b"WEBP":
+                continue
+            return fmt
+    return None
+
+
+def _read_header(name: str, data: bytes, max_pixels: int | None) -> _Header:
+    fmt = _sniff(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil = Image.open(io.BytesIO(data))
+        orientation = int(pil.getexif().get(0x0112, 1) or 1)
+        has_alpha = "A" in pil.getbands() or "transparency" in pil.info
+        header = _Header(fmt or pil.format, pil.size, pil.mode, orientation, has_alpha)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, "too_large", f"image is far too large to decode ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        # Pillow does not know every format OpenCV decodes: let the decoder have the last word.
+        header = _Header(fmt, None, None, 1, False)
+    if header.size is not None and max_pixels is not None:
+        width, height = header.size
+        if width * height > max_pixels:
+            raise ImageError(
+                name,
+                "too_large",
+                f"{width}×{height} = {width * height:,} pixels exceeds the limit "
+                f"of {max_pixels:,} (max_pixels)",
+            )
+    if header.format == "jpeg" and _jpeg_is_truncated(data):
+        raise ImageError(name, "truncated", "JPEG data is truncated (no end-of-image marker)")
+    if header.format == "png" and b"IEND" not in data[-64:]:
+        raise ImageError(name, "truncated", "PNG data is truncated (no IEND chunk)")
+    return header
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    # Entropy-coded data never contains FF D9, so a complete file has the end-of-image
+    # marker after its last start-of-scan; trailing bytes after EOI are tolerated.
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan >= 0 and data.find(b"\xff\xd9", last_scan) < 0
+
+
+def _decode(name: str, data: bytes, header: _Header, *, reduce: int) -> np.ndarray:
+    buffer = np.frombuffer(data, np.uint8)
+    keep_alpha = header.has_alpha
+    if reduce > 1 and not keep_alpha:
+        flags = _REDUCED_FLAGS[reduce]
+    elif keep_alpha:
+        flags = cv2.IMREAD_UNCHANGED  # keeps alpha; EXIF orientation is applied below
+    else:
+        flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # applies EXIF orientation
+    try:
+        image = cv2.imdecode(buffer, flags)
+    except cv2.error as exc:
+        raise ImageError(name, "unreadable", f"decoder failed: {exc.err or exc}") from exc
+    if image is None or image.size == 0:
+        if header.format is None:
+            raise ImageError(name, "not_image", "not an image (unknown or unsupported format)")
+        raise ImageError(
+            name, "unreadable", f"{header.format.upper()} data is corrupt (the decoder rejected it)"
+        )
+    if keep_alpha:
+        image = _apply_orientation(image, header.orientation)
+    if reduce > 1 and keep_alpha:
+        image = cv2.resize(
+            image,
+            (max(1, image.shape[1] // reduce), max(1, image.shape[0] // reduce)),
+            interpolation=cv2.INTER_AREA,
+        )
+    return image
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    rotation, flip = _EXIF_TRANSPOSE.get(orientation, (None, None))
+    if flip is not None:
+        image = cv2.flip(image, flip)
+    if rotation is not None:
+        image = cv2.rotate(image, rotation)
+    return image
+
+
+def _to_rgb(
+    image: np.ndarray, header: _Header, *, alpha: str, background: tuple[int, int, int]
+) -> ImageArray:
+    if image.dtype != np.uint8:
+        image = _to_uint8(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+        if alpha == "drop":
+            return rgb
+        weight = image[:, :, 3:4].astype(np.float32) / 255.0
+        blended = rgb * weight + np.asarray(background, np.float32) * (1.0 - weight)
+        return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _to_uint8(image: np.ndarray) -> ImageArray:
+    if image.dtype == np.uint16:
+        # 65535 -> 255 with rounding: the same scale as dividing by 257.
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        # Float images (EXR, float TIFF) are taken to hold values in [0, 1].
+        return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    info = np.iinfo(image.dtype)
+    scaled = (image.astype(np.float64) - info.min) / (info.max - info.min) * 255.0
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_image(image: npt.ArrayLike, extension: str, *, quality: int | None = None) -> bytes:
+    """Encode an RGB/grayscale ``uint8`` image to bytes in the format named by ``extension``.
+
+    ``quality`` is 1–100 for JPEG/WebP and ignored for lossless formats.
+    """
+    ext = extension.lower() if extension.startswith(".") else f".{extension.lower()}"
+    if ext not in WRITE_FORMATS:
+        raise ValueError(
+            f"`extension` should be one of {sorted(WRITE_FORMATS)}. Received: {extension!r}"
+        )
+    if quality is not None and not 1 <= quality <= 100:
+        raise ValueError(f"`quality` should be between 1 and 100. Received: quality={quality}")
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"`image` should be uint8 to be written. Received dtype={array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
+    elif not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 1)):
+        raise ValueError(
+            f"`image` should be H×W, H×W×1, H×W×3 or H×W×4. Received shape={array.shape}"
+        )
+    params: list[int] = []
+    if quality is not None and WRITE_FORMATS[ext] == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    elif quality is not None and WRITE_FORMATS[ext] == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
+    ok, encoded = cv2.imencode(ext, array, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {array.shape} image as {ext}")
+    return encoded.tobytes()
+
+
+def write_image(
+    path: str | os.PathLike[str], image: npt.ArrayLike, *, quality: int | None = None
+) -> Path:
+    """Write an RGB (or grayscale) ``uint8`` image atomically; the format follows the extension.
+
+    The bytes go to a temporary file in the destination folder that is then renamed over
+    ``path``, so a reader (or an interrupted run) never sees a half-written image.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    target = Path(path)
+    data = encode_image(image, target.suffix, quality=quality)
+    atomic_write_bytes(target, data)
+    return target
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` via a temporary file and ``os.replace``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

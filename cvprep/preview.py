@@ -1,0 +1,77 @@
+"""Contact sheets: the image after each pipeline step, side by side and labelled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import cv2
+import numpy as np
+
+from cvprep.pipeline import Pipeline
+
+_LABEL_HEIGHT = 28
+
+
+def _to_display(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def _tile(image: np.ndarray, label: str, tile: int) -> np.ndarray:
+    rgb = _to_display(image)
+    scale = tile / max(rgb.shape[:2])
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    scaled = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+    cell = np.full((tile + _LABEL_HEIGHT, tile, 3), 255, np.uint8)
+    top, left = _LABEL_HEIGHT + (tile - scaled.shape[0]) // 2, (tile - scaled.shape[1]) // 2
+    cell[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
+    text = label if len(label) <= tile // 8 else label[: tile // 8 - 1] + "…"
+    cv2.putText(
+        cell,
+        text.replace("…", "~"),
+        (4, 19),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
+    return cell
+
+
+def contact_sheet(
+    items: Iterable[tuple[str, np.ndarray]], *, tile: int = 256, columns: int = 4
+) -> np.ndarray:
+    """Lay out ``(label, image)`` pairs in a grid of ``tile``-pixel cells; returns RGB ``uint8``."""
+    if tile < 32:
+        raise ValueError(f"`tile` should be >= 32. Received: tile={tile}")
+    if columns < 1:
+        raise ValueError(f"`columns` should be >= 1. Received: columns={columns}")
+    cells = [_tile(image, label, tile) for label, image in items]
+    if not cells:
+        raise ValueError("contact_sheet needs at least one image")
+    blank = np.full_like(cells[0], 255)
+    rows = [cells[i : i + columns] for i in range(0, len(cells), columns)]
+    if len(rows) > 1:
+        rows[-1] = rows[-1] + [blank] * (columns - len(rows[-1]))
+    gap = 4
+    sheet_rows = [
+        np.hstack([np.pad(c, ((0, 0), (0, gap), (0, 0)), constant_values=200) for c in row])
+        for row in rows
+    ]
+    return np.vstack(
+        [np.pad(r, ((0, gap), (0, 0), (0, 0)), constant_values=200) for r in sheet_rows]
+    )
+
+
+def preview_pipeline(
+    image: np.ndarray, pipeline: Pipeline, *, tile: int = 256, columns: int = 4
+) -> np.ndarray:
+    """A contact sheet of ``image`` after each step of ``pipeline`` (cumulative)."""
+    return contact_sheet(pipeline.intermediates(image), tile=tile, columns=columns)
