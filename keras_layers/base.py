@@ -1,0 +1,164 @@
+"""What every cvprep layer shares: backend switching, batching, border index maps.
+
+The layers build on Keras' private ``DataLayer`` (keras/src/layers/preprocessing/data_layer.py):
+it makes ``self.backend`` the TensorFlow backend while tracing inside ``tf.data`` and the
+configured backend (TensorFlow or JAX) elsewhere. ``call`` must use ``self.backend`` ops only.
+The Keras version range in pyproject.toml is the one this was tested with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras.src.layers.preprocessing.data_layer import DataLayer
+
+PACKAGE = "cvprep"
+
+
+def register(cls: type) -> type:
+    return keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+
+
+class ImageLayer(DataLayer):
+    """Base layer: takes ``H×W×C`` or ``B×H×W×C`` images (uint8 or float in [0, 255]).
+
+    Subclasses implement ``transform(images)`` on a float32 ``B×H×W×C`` batch. Output is float32
+    in [0, 255], with the batch axis only when the input had one.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Integer inputs are accepted and cast in call(); Keras must not reject them first.
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
+
+    def call(self, inputs: Any) -> Any:
+        b = self.backend
+        images = b.cast(b.convert_to_tensor(inputs), "float32")
+        unbatched = len(images.shape) == 3
+        if unbatched:
+            images = b.numpy.expand_dims(images, 0)
+        outputs = self.transform(images)
+        return b.numpy.squeeze(outputs, 0) if unbatched else outputs
+
+    def transform(self, images: Any) -> Any:
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        height, width, channels = self.output_hwc(*input_shape[-3:])
+        return (*input_shape[:-3], height, width, channels)
+
+    def output_hwc(self, height: Any, width: Any, channels: Any) -> tuple[Any, Any, Any]:
+        return height, width, channels
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config()
+
+
+# --------------------------------------------------------------------------- backend helpers
+def dims(b: Any, images: Any) -> tuple[Any, Any]:
+    """Height and width: Python ints when static, scalar tensors when not."""
+    static = images.shape
+    dynamic = b.shape(images)
+    height = static[1] if static[1] is not None else dynamic[1]
+    width = static[2] if static[2] is not None else dynamic[2]
+    return height, width
+
+
+def border_index(b: Any, index: Any, size: Any, mode: str) -> Any:
+    """Map (possibly out-of-range) int32 indices into ``[0, size)`` like OpenCV's border modes.
+
+    ``"constant"`` clamps; the caller masks those positions with the fill value.
+    """
+    size = b.cast(size, "int32")
+    if mode in ("replicate", "constant"):
+        return b.numpy.clip(index, 0, size - 1)
+    if mode == "wrap":
+        return b.numpy.mod(index, size)
+    if mode == "reflect":  # fedcba|abcdefgh|hgfedcb
+        period = 2 * size
+        folded = b.numpy.mod(index, period)
+        return b.numpy.where(folded >= size, period - 1 - folded, folded)
+    # reflect101: gfedcb|abcdefgh|gfedcba; a single row or column reflects onto itself.
+    period = b.numpy.maximum(2 * size - 2, 1)
+    folded = b.numpy.mod(index, period)
+    return b.numpy.where(folded >= size, period - folded, folded)
+
+
+def pad_index(b: Any, size: Any, before: Any = 0, after: Any = 0, mode: str = "reflect101") -> Any:
+    """Gather indices that pad an axis of ``size`` by ``before``/``after`` (dynamic sizes too)."""
+    index = b.numpy.arange(-before, size + after, dtype="int32")
+    return border_index(b, index, size, mode)
+
+
+def pad_axis(b: Any, images: Any, before: int, after: int, axis: int, mode: str) -> Any:
+    """Pad one spatial axis of a ``B×H×W×C`` batch by gathering with :func:`border_index`."""
+    if before == 0 and after == 0:
+        return images
+    size = b.shape(images)[axis] if images.shape[axis] is None else images.shape[axis]
+    return b.numpy.take(images, pad_index(b, size, before, after, mode), axis=axis)
+
+
+def correlate_axis(b: Any, padded: Any, weights: Any, axis: int) -> Any:
+    """Correlate along ``axis`` with a 1-D kernel; ``padded`` already has the kernel's border.
+
+    ``weights`` is a list of floats, or a ``B×K`` tensor for one kernel per batch element.
+    """
+    taps = len(weights) if isinstance(weights, list | tuple) else weights.shape[1]
+    total = None
+    for tap in range(taps):
+        stop = tap - (taps - 1)
+        window = padded[:, tap : stop or None] if axis == 1 else padded[:, :, tap : stop or None]
+        if isinstance(weights, list | tuple):
+            if weights[tap] == 0:
+                continue
+            term = window * weights[tap]
+        else:
+            term = window * b.numpy.reshape(weights[:, tap], (-1, 1, 1, 1))
+        total = term if total is None else total + term
+    return total
+
+
+def round_half_even(b: Any, values: Any) -> Any:
+    """OpenCV's saturate_cast to uint8: round half to even, clip to [0, 255]."""
+    return b.numpy.clip(b.numpy.round(values), 0, 255)
+
+
+def luma_fixed_point(b: Any, images: Any) -> Any:
+    """OpenCV's 8-bit RGB→gray, (9798 R + 19235 G + 3735 B + 2^14) >> 15, exact in float32.
+
+    These are the coefficients OpenCV 4.9+/5 use (checked against cv2 on all 2^24 colours).
+    """
+    red, green, blue = images[..., 0:1], images[..., 1:2], images[..., 2:3]
+    return b.numpy.floor((red * 9798.0 + green * 19235.0 + blue * 3735.0 + 16384.0) / 32768.0)
+
+
+# --------------------------------------------------------------------------- random layers
+def seed_generator(seed: int | None) -> Any:
+    return keras.random.SeedGenerator(seed)
+
+
+def check_range(name: str, value: Any, *, minimum: float | None = None) -> tuple[float, float]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = (minimum if minimum is not None else -abs(value), value)
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ValueError(f"`{name}` should be a (low, high) pair. Received: {name}={value!r}")
+    low, high = (float(v) for v in value)
+    if low > high or (minimum is not None and low < minimum):
+        raise ValueError(
+            f"`{name}` should satisfy {minimum} <= low <= high. Received: {name}={value!r}"
+        )
+    return low, high
+
+
+def check_probability(probability: Any) -> float:
+    if (
+        isinstance(probability, bool)
+        or not isinstance(probability, int | float)
+        or not (0 <= probability <= 1)
+    ):
+        raise ValueError(
+            f"`probability` should be between 0 and 1. Received: probability={probability!r}"
+        )
+    return float(probability)

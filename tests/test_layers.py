@@ -1,0 +1,239 @@
+"""Keras layers: parity with cvprep.ops (OpenCV), shapes, config, random layers, tf.data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from cvprep import Pipeline, ops  # noqa: E402
+from cvprep import keras_layers as kl  # noqa: E402
+from tests.conftest import load_photo  # noqa: E402
+
+# spec → tolerance on round(layer output) vs the op's uint8 output, or "f1" for Canny.
+# The last step is the one under test; earlier steps prepare its input with cvprep.ops.
+PARITY_CASES: dict[str, float | str] = {
+    "resize=150x150": 1,
+    "resize=120x200:interpolation=linear": 1,
+    "resize=224x224:fit=pad:fill=114": 1,
+    "resize=100x100:fit=crop:interpolation=linear": 1,
+    "resize=700x900:interpolation=linear": 1,
+    "resize=700x900": 1,
+    "resize=150x150:interpolation=cubic": 1,
+    "resize=150x150:interpolation=nearest": 0,
+    "grayscale": 0,
+    "grayscale=keep_channels=true": 0,
+    "equalize": 0,
+    "grayscale,equalize": 0,
+    "clahe": 1,
+    "grayscale,clahe=3:tile_grid=5x7": 1,
+    "gaussian_blur=5": 1,
+    "gaussian_blur=0:sigma=2": 1,
+    "gaussian_blur=9:sigma=1.2": 1,
+    "median_blur=3": 0,
+    "median_blur=5": 0,
+    "canny=100:200": "f1",
+    "canny=50:150:l2_gradient=true": "f1",
+    "canny=100:250:aperture=5": "f1",
+    "rotate=15": "interior",
+    "rotate=-30:expand=true:border=reflect101": "interior",
+    "rotate=90:expand=true": "interior",
+}
+PHOTO_NAMES = ["chelsea", "coffee", "astronaut", "rocket", "china"]
+
+
+def edge_f1(found: np.ndarray, expected: np.ndarray) -> float:
+    found, expected = found > 0, expected > 0
+    return 2 * (found & expected).sum() / max(found.sum() + expected.sum(), 1)
+
+
+def run_layer(layer, image: np.ndarray) -> np.ndarray:
+    batch = image[None] if image.ndim == 3 else image[None, :, :, None]
+    return np.asarray(layer(batch))[0]
+
+
+def assert_parity(spec: str, image: np.ndarray) -> None:
+    pipeline = Pipeline.parse(spec)
+    prepared = Pipeline(pipeline.steps[:-1]).apply(image)
+    expected = pipeline.steps[-1].apply(prepared).astype(np.float32)
+    expected = expected[..., None] if expected.ndim == 2 else expected
+    got = run_layer(pipeline.layers()[-1], prepared)
+    assert got.shape == expected.shape
+    tolerance = PARITY_CASES[spec]
+    if tolerance == "f1":
+        assert edge_f1(got, expected) >= 0.95, spec
+    elif tolerance == "interior":  # within 1 level away from the borders
+        assert np.abs(np.rint(got) - expected)[2:-2, 2:-2].max() <= 1, spec
+    else:
+        assert np.abs(np.rint(got) - expected).max() <= tolerance, spec
+
+
+@pytest.mark.parametrize("spec", PARITY_CASES)
+def test_parity_on_real_photos(spec):
+    for name in PHOTO_NAMES:
+        assert_parity(spec, load_photo(name))
+
+
+@pytest.mark.parametrize("spec", PARITY_CASES)
+def test_parity_on_random_arrays(spec):
+    rng = np.random.default_rng(7)
+    for shape in [(37, 53, 3), (64, 48, 3), (23, 31)]:
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        if "canny" in spec:  # pure noise has no edges worth comparing: smooth it first
+            image = ops.gaussian_blur(image, 5)
+        assert_parity(spec, image)
+
+
+def test_ycrcb_colour_equalisation_is_exact_on_every_colour():
+    values = np.arange(256)
+    cube = np.stack(np.meshgrid(values, values, values, indexing="ij"), -1).astype(np.uint8)
+    image = cube.reshape(-1, 4096, 3)[:256]  # 256×4096: a quarter of all colours
+    got = np.asarray(kl.HistogramEqualization()(image))
+    np.testing.assert_array_equal(got, ops.equalize_hist(image))
+
+
+def test_equalisation_is_per_image_in_a_mixed_batch():
+    photos = [ops.resize(load_photo(n), (96, 128)) for n in PHOTO_NAMES]
+    photos[1] = photos[1] // 4  # one dark, low-contrast image among normal ones
+    batch = np.stack(photos)
+    for layer, op in [(kl.HistogramEqualization(), ops.equalize_hist), (kl.CLAHE(), ops.clahe)]:
+        got = np.asarray(layer(batch))
+        for index, photo in enumerate(photos):
+            assert np.abs(np.rint(got[index]) - op(photo)).max() <= (
+                0 if op is ops.equalize_hist else 1
+            )
+
+
+ALL_LAYERS = {
+    "Resize": lambda: kl.Resize((20, 30), fit="pad"),
+    "Grayscale": lambda: kl.Grayscale(),
+    "HistogramEqualization": lambda: kl.HistogramEqualization(),
+    "CLAHE": lambda: kl.CLAHE(2.0, (4, 4)),
+    "GaussianBlur": lambda: kl.GaussianBlur(5),
+    "MedianBlur": lambda: kl.MedianBlur(3),
+    "CannyEdges": lambda: kl.CannyEdges(50, 150),
+    "Rotate": lambda: kl.Rotate(30, expand=True),
+    "RandomGaussianBlur": lambda: kl.RandomGaussianBlur((0.5, 1.5), seed=1),
+    "RandomRotation": lambda: kl.RandomRotation((-20, 20), seed=1),
+}
+
+
+@pytest.mark.parametrize("name", ALL_LAYERS)
+def test_single_image_batch_and_dtypes(name):
+    layer = ALL_LAYERS[name]()
+    image = np.random.default_rng(3).integers(0, 256, (33, 41, 3), dtype=np.uint8)
+    single = np.asarray(layer(image))
+    batched = np.asarray(layer(np.stack([image, image])))
+    from_float = np.asarray(layer(image.astype(np.float32)))
+    assert single.dtype == np.float32 and batched.shape == (2, *single.shape)
+    np.testing.assert_allclose(batched[0], single, atol=1e-3)
+    np.testing.assert_allclose(from_float, single, atol=1e-3)
+    assert tuple(layer.compute_output_shape((2, 33, 41, 3))) == batched.shape
+    assert tuple(layer.compute_output_shape((33, 41, 3))) == single.shape
+    assert single.min() >= 0 and single.max() <= 255
+
+
+@pytest.mark.parametrize("name", ALL_LAYERS)
+def test_config_round_trip_gives_identical_output(name):
+    layer = ALL_LAYERS[name]()
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    image = np.random.default_rng(4).integers(0, 256, (2, 24, 28, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(clone(image)), np.asarray(layer(image)))
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer)
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: kl.Resize((0, 3)), "size"),
+        (lambda: kl.GaussianBlur(4), "ksize"),
+        (lambda: kl.MedianBlur(0), "ksize"),
+        (lambda: kl.CannyEdges(200, 100), "low"),
+        (lambda: kl.CLAHE(-1), "clip_limit"),
+        (lambda: kl.Rotate(10, border="mirror"), "border"),
+        (lambda: kl.RandomRotation((20, -20)), "angle_range"),
+        (lambda: kl.RandomGaussianBlur(probability=2), "probability"),
+    ],
+)
+def test_layers_reuse_the_op_validators(factory, match):
+    with pytest.raises(ValueError, match=rf"`{match}`"):
+        factory()
+
+
+@pytest.mark.parametrize("name", ["RandomGaussianBlur", "RandomRotation"])
+def test_random_layers_only_act_in_training(name):
+    layer = ALL_LAYERS[name]()
+    image = load_photo("chelsea")[:64, :64].astype(np.float32)
+    batch = np.stack([image] * 4)
+    for training in (None, False):
+        np.testing.assert_array_equal(np.asarray(layer(batch, training=training)), batch)
+    changed = np.asarray(layer(batch, training=True))
+    assert changed.shape == batch.shape and not np.allclose(changed, batch)
+    differ = [not np.allclose(changed[0], changed[i]) for i in range(1, 4)]
+    assert any(differ), "each image should get its own random draw"
+
+
+def test_canny_hysteresis_follows_weak_chains():
+    image = np.zeros((40, 120), np.uint8)
+    image[:, 60:] = 60  # weak edge...
+    image[:20, 60:] = 255  # ...strong only on the top half
+    expected = ops.canny(image, 100, 200)
+    got = run_layer(kl.CannyEdges(100, 200), image)[..., 0]
+    np.testing.assert_array_equal(got, expected)
+    assert expected[30:, 55:65].any()  # the weak lower half is kept through the chain
+
+
+def test_pipeline_to_keras_model_matches_apply():
+    spec = "resize=96x96:fit=pad,equalize,gaussian_blur=3,rotate=10"
+    pipeline = Pipeline.parse(spec)
+    model = pipeline.to_keras()
+    photos = [load_photo(n) for n in ("chelsea", "coffee")]
+    for photo in photos:
+        got = model.predict(photo[None], verbose=0)[0]
+        assert np.abs(np.rint(got) - pipeline.apply(photo)).max() <= 2
+
+
+def test_layers_inside_tf_data_map():
+    pipeline = Pipeline.parse("resize=64x64,grayscale,equalize,median_blur=3,canny=50:150")
+    layers = pipeline.layers()
+    photos = [ops.resize(load_photo(n), (80, 100)) for n in ("chelsea", "coffee", "rocket")]
+
+    def preprocess(image):
+        for layer in layers:
+            image = layer(image)
+        return image
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.stack(photos)).map(preprocess).batch(3)
+    (result,) = list(dataset.as_numpy_iterator())
+    assert result.shape == (3, 64, 64, 1)
+    for got, photo in zip(result, photos, strict=True):
+        assert edge_f1(got[..., 0], pipeline.apply(photo)) >= 0.95
+
+
+def test_dynamic_shapes_in_tf_function():
+    layers = [
+        kl.Resize((32, 32), fit="crop"),
+        kl.CLAHE(tile_grid=(3, 3)),
+        kl.Rotate(20, expand=True),
+    ]
+    photo = load_photo("coffee")[:50, :70]
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+    def run_all(images):
+        return [layer(images) for layer in layers]
+
+    outputs = run_all(tf.constant(photo[None], tf.float32))
+    eager = [np.asarray(layer(photo[None])) for layer in layers]
+    for graph, direct in zip(outputs, eager, strict=True):
+        np.testing.assert_allclose(graph.numpy(), direct, atol=1e-3)
+
+
+def test_data_layer_base_is_available():
+    """We build on Keras' private DataLayer; fail loudly if a Keras upgrade moves it."""
+    from keras.src.layers.preprocessing.data_layer import DataLayer
+
+    assert all(issubclass(getattr(kl, name), DataLayer) for name in kl.__all__)
