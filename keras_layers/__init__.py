@@ -10,6 +10,7 @@ from cvprep.keras_layers.color import CLAHE, Grayscale, HistogramEqualization
 from cvprep.keras_layers.edges import CannyEdges
 from cvprep.keras_layers.filters import GaussianBlur, MedianBlur, RandomGaussianBlur
 from cvprep.keras_layers.geometry import RandomRotation, Resize, Rotate
+from cvprep.keras_layers.normalize import InputScaling
 
 __all__ = [
     "CLAHE",
@@ -17,6 +18,7 @@ __all__ = [
     "GaussianBlur",
     "Grayscale",
     "HistogramEqualization",
+    "InputScaling",
     "MedianBlur",
     "RandomGaussianBlur",
     "RandomRotation",

@@ -6,7 +6,7 @@ Run from the repository root with scikit-image and scikit-learn installed:
 
 Photos: copied (re-encoded as JPEG, quality 90) from scikit-image's and scikit-learn's bundled
 data. The two-class set ``shapes/`` is generated: a round or an angular shape, random colour,
-size and position, drawn over a random crop of those photos, so that a small CNN can tell the
+size and position, drawn over a random, softened crop of those photos, so that a small CNN can tell the
 classes apart in a minute while still seeing real photographic texture.
 """
 
@@ -20,7 +20,7 @@ import skimage.data
 from sklearn.datasets import load_sample_image
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_images"
-PER_CLASS = 40
+PER_CLASS = 150
 SIZE = 128
 
 
