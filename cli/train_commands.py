@@ -301,7 +301,7 @@ def export_command(run: Path, fmt: str, quantize: bool, output: Path | None) -> 
     type=existing_dir,
     help="Class folders to use [default: the bundled sample_images/shapes].",
 )
-@click.option("--epochs", type=click.IntRange(1), default=15, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=25, show_default=True)
 def demo_command(out: Path, source: Path | None, epochs: int) -> None:
     """Run the whole path on the bundled two-class sample set, in a minute or two.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from cvprep.errors import CvprepError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images" / "shapes"
-DEMO_SPEC = "resize=96x96:fit=pad,equalize"
+DEMO_SPEC = "resize=64x64:fit=pad,equalize"
 
 
 def _run(args: list[str], echo: Callable[[str], None], allowed: tuple[int, ...] = (0,)) -> None:
@@ -48,7 +48,9 @@ def run_demo(out: Path, source: Path | None, epochs: int, echo: Callable[[str], 
             "--model",
             "cnn",
             "--img-size",
-            "96",
+            "64",
+            "--patience",
+            "8",
             "--epochs",
             str(epochs),
             "--batch-size",

@@ -399,7 +399,7 @@ def train(
         )
         for name, split in splits.items()
     }
-    if not (out / "backup").exists():  # a fresh run, not a resumed one
+    if not any((out / "backup").glob("*/*")):  # a fresh run, not a resumed one
         (out / "history.csv").unlink(missing_ok=True)
     strategy = _strategy(config.distribute, log)
     with strategy.scope():

@@ -20,7 +20,7 @@ import skimage.data
 from sklearn.datasets import load_sample_image
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_images"
-PER_CLASS = 150
+PER_CLASS = 200
 SIZE = 128
 
 
@@ -49,8 +49,12 @@ def _shape_image(rng: np.random.Generator, backgrounds: list[np.ndarray], kind: 
     canvas = cv2.resize(
         source[top : top + crop, left : left + crop], (SIZE, SIZE), interpolation=cv2.INTER_AREA
     ).copy()
-    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-    center = rng.integers(SIZE // 3, 2 * SIZE // 3, 2)
+    # A colour that stands out from the background, as a photographed subject usually does.
+    colour = tuple(
+        int((255 - m + j) % 256)
+        for m, j in zip(canvas.reshape(-1, 3).mean(0), rng.integers(-40, 41, 3), strict=True)
+    )
+    center = rng.integers(2 * SIZE // 5, 3 * SIZE // 5, 2)
     radius = int(rng.integers(SIZE // 6, SIZE // 3))
     if kind == "round":
         axes = (radius, int(radius * rng.uniform(0.7, 1.0)))
