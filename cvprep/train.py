@@ -55,6 +55,7 @@ BACKBONES = {
 }
 MODELS = ("cnn", *BACKBONES)
 AUGMENT_PRESETS = ("none", "light", "medium", "heavy")
+CNN_MIN_SIZE = 46  # four (3×3 valid conv + 2×2 pool) stages leave at least 1×1
 
 
 @dataclass
@@ -102,8 +103,12 @@ class TrainConfig:
                 f"`alpha` only applies to mobilenet and mobilenet_v2. "
                 f"Received: alpha={self.alpha} with model={self.model!r}"
             )
-        if self.size < 32:
-            raise ValueError(f"`img_size` should be >= 32. Received: img_size={self.size}")
+        minimum = CNN_MIN_SIZE if self.model == "cnn" else 32
+        if self.size < minimum:
+            raise ValueError(
+                f"`img_size` should be >= {minimum} for {self.model}. "
+                f"Received: img_size={self.size}"
+            )
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise ValueError(
                 f"`weights` should be imagenet, none or a weights file. "

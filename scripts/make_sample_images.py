@@ -6,8 +6,8 @@ Run from the repository root with scikit-image and scikit-learn installed:
 
 Photos: copied (re-encoded as JPEG, quality 90) from scikit-image's and scikit-learn's bundled
 data. The two-class set ``shapes/`` is generated: a round or an angular shape, random colour,
-size and position, drawn over a random, softened crop of those photos, so that a small CNN can tell the
-classes apart in a minute while still seeing real photographic texture.
+size and position, drawn over a random, softened crop of those photos, so that a small CNN
+can tell the classes apart in a minute while still seeing real photographic texture.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def test_verify_table_and_quarantine(messy, tmp_path):
 
 def test_verify_clean_folder_exits_zero():
     result = invoke("verify", ROOT / "sample_images" / "shapes", "--workers", "0")
-    assert result.exit_code == 0 and "80" in result.stdout
+    assert result.exit_code == 0 and "400" in result.stdout
 
 
 # ------------------------------------------------------------------ preprocess
