@@ -51,6 +51,30 @@ def max_pixels_option(function: Any) -> Any:
     )(function)
 
 
+def engine_options(function: Any) -> Any:
+    function = click.option(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Connect the Ray engine to an existing cluster [default: start a local one].",
+    )(function)
+    return click.option(
+        "--engine",
+        type=click.Choice(batch.ENGINES),
+        default="local",
+        show_default=True,
+        help="local process pool, or Ray (pip install 'cvprep[ray]').",
+    )(function)
+
+
+def check_engine(engine: str) -> None:
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise click.BadParameter("needs Ray: pip install 'cvprep[ray]'",
+                                     param_hint="--engine") from None
+
+
 def separate_dirs(source: Path, output: Path) -> None:
     try:
         check_separate(source, output)
@@ -98,6 +122,7 @@ def class_table(summary: batch.Summary, columns: tuple[str, ...]) -> None:
     help="Move rejected files here (the only option that changes the input).",
 )
 @workers_option
+@engine_options
 @max_pixels_option
 @quiet_option
 @json_option
@@ -106,6 +131,8 @@ def verify_command(
     report: Path | None,
     quarantine: Path | None,
     workers: int,
+    engine: str,
+    ray_address: str | None,
     max_pixels: int,
     quiet: bool,
     as_json: bool,
@@ -121,7 +148,10 @@ def verify_command(
     """
     if quarantine is not None:
         separate_dirs(directory, quarantine)
-    files, results = batch.verify_tree(directory, workers=workers, max_pixels=max_pixels)
+    check_engine(engine)
+    files, results = batch.verify_tree(
+        directory, workers=workers, max_pixels=max_pixels, engine=engine, ray_address=ray_address
+    )
     all_results: list[batch.FileResult] = []
 
     def keep(stream: Any) -> Any:
@@ -168,6 +198,7 @@ def verify_command(
     is_flag=True,
     help="Reprocess everything, even into an OUT made with other settings.",
 )
+@engine_options
 @max_pixels_option
 @quiet_option
 @json_option
@@ -176,6 +207,8 @@ def preprocess_command(
     output: Path,
     pipeline: Pipeline,
     workers: int,
+    engine: str,
+    ray_address: str | None,
     fmt: str | None,
     quality: int | None,
     reduce: str,
@@ -186,7 +219,8 @@ def preprocess_command(
 ) -> None:
     """Apply a pipeline to every image under IN, writing the same tree under OUT.
 
-    Runs in a process pool; writes are atomic, so an interrupted run leaves no broken file
+    Runs in a process pool (or on Ray with --engine ray); writes are atomic, so an
+    interrupted run leaves no broken file
     and running the same command again finishes the job (finished files are skipped).
     Rejected inputs are listed in OUT/rejected.csv; the spec is recorded in OUT/cvprep.json.
 
@@ -195,6 +229,7 @@ def preprocess_command(
       cvprep preprocess data/ prepped/ --ops resize=150x150:fit=pad,equalize --format jpg
     """
     separate_dirs(source, output)
+    check_engine(engine)
     settings = {
         "spec": pipeline.to_text(),
         "format": fmt,
@@ -220,7 +255,9 @@ def preprocess_command(
     )
     if overwrite:
         _remove_outputs(output, plan.tasks)
-    results = batch.run_in_pool(batch.preprocess_one, plan.tasks, workers)
+    results = batch.run_tasks(
+        batch.preprocess_one, plan.tasks, workers, engine=engine, ray_address=ray_address
+    )
     summary = collect(results, len(plan.tasks), "preprocessing", quiet or as_json)
     for collision in plan.collisions:
         summary.add(collision)

@@ -13,6 +13,7 @@ import ctypes
 import io
 import json
 import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -118,6 +119,30 @@ def run_in_pool(
         yield from pool.imap_unordered(function, tasks, chunksize=CHUNK_SIZE)
 
 
+ENGINES = ("local", "ray")
+
+
+def run_tasks(
+    function: Callable[..., FileResult],
+    tasks: list[Any],
+    workers: int,
+    *,
+    engine: str = "local",
+    ray_address: str | None = None,
+) -> Iterator[FileResult]:
+    """Run file tasks on the local process pool or on Ray (``engine="ray"``, the [ray] extra).
+
+    Both engines call the same per-file ``function``, so outputs and rejects are identical.
+    """
+    if engine == "ray":
+        from cvprep.ray_engine import run_with_ray
+
+        return run_with_ray(function, tasks, workers=workers, address=ray_address)
+    if engine != "local":
+        raise ValueError(f"`engine` should be one of {', '.join(ENGINES)}. Received: {engine!r}")
+    return run_in_pool(function, tasks, workers)
+
+
 # --------------------------------------------------------------------------- verify
 @dataclass(frozen=True)
 class VerifyTask:
@@ -125,10 +150,16 @@ class VerifyTask:
     relative: str
     max_pixels: int | None
 
+    @property
+    def source(self) -> str:
+        return os.path.join(self.root, self.relative)
 
-def verify_one(task: VerifyTask) -> FileResult:
+
+def verify_one(task: VerifyTask, data: bytes | None = None) -> FileResult:
+    """Decode one file (or its already-read ``data``, as the Ray engine passes it)."""
+    source = data if data is not None else Path(task.root) / task.relative
     try:
-        image = read_image(Path(task.root) / task.relative, max_pixels=task.max_pixels)
+        image = read_image(source, max_pixels=task.max_pixels)
     except ImageError as exc:
         return FileResult(task.relative, "rejected", exc.kind, exc.reason)
     return FileResult(task.relative, "ok", width=image.shape[1], height=image.shape[0])
@@ -139,11 +170,13 @@ def verify_tree(
     *,
     workers: int,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> tuple[list[str], Iterator[FileResult]]:
     """The file list (for a progress total) and a stream of verification results."""
     files = [str(p) for p in iter_files(root)]
-    tasks = (VerifyTask(str(root), f, max_pixels) for f in files)
-    return files, run_in_pool(verify_one, tasks, workers)
+    tasks = [VerifyTask(str(root), f, max_pixels) for f in files]
+    return files, run_tasks(verify_one, tasks, workers, engine=engine, ray_address=ray_address)
 
 
 def write_report(path: Path, results: Iterable[FileResult]) -> None:
@@ -190,6 +223,10 @@ class PreprocessTask:
     reduce: int
     max_pixels: int | None
 
+    @property
+    def source(self) -> str:
+        return os.path.join(self.source_root, self.relative)
+
 
 _PIPELINES: dict[str, Pipeline] = {}
 
@@ -201,14 +238,14 @@ def _pipeline(spec_json: str) -> Pipeline:
     return _PIPELINES[spec_json]
 
 
-def preprocess_one(task: PreprocessTask) -> FileResult:
+def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResult:
+    """Decode, process, encode and atomically write one file (``data``: already-read bytes)."""
     target = Path(task.output_root) / task.output_relative
     if target.exists():
         return FileResult(task.relative, "skipped", output=task.output_relative)
+    source = data if data is not None else Path(task.source_root) / task.relative
     try:
-        image = read_image(
-            Path(task.source_root) / task.relative, reduce=task.reduce, max_pixels=task.max_pixels
-        )
+        image = read_image(source, reduce=task.reduce, max_pixels=task.max_pixels)
     except ImageError as exc:
         return FileResult(task.relative, "rejected", exc.kind, exc.reason)
     try:

@@ -1,0 +1,64 @@
+"""The Ray engine gives the same outputs and rejects as the local engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cvprep.cli import cli
+from tests.conftest import make_messy_folder, tree_snapshot
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_engine_matches_the_local_engine(tmp_path, local_ray):
+    source = tmp_path / "in"
+    make_messy_folder(source)
+    before = tree_snapshot(source)
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        result = CliRunner().invoke(
+            cli,
+            [
+                "preprocess",
+                str(source),
+                str(out),
+                "--ops",
+                "resize=40x40:fit=pad,equalize,median_blur=3",
+                "--engine",
+                engine,
+                "--workers",
+                "2",
+                "--json",
+            ],
+        )
+        assert result.exit_code == 1, result.output  # the messy folder has rejects
+        runs[engine] = json.loads(result.stdout)
+        (out / "cvprep.json").unlink()  # holds a timestamp
+    assert tree_snapshot(tmp_path / "ray") == tree_snapshot(tmp_path / "local")  # byte-identical
+    assert (
+        runs["ray"]["total"] == runs["local"]["total"] == {"ok": 12, "skipped": 0, "rejected": 10}
+    )
+    rejects = {
+        e: sorted((r["path"], r["kind"], r["reason"]) for r in runs[e]["rejected"]) for e in runs
+    }
+    assert rejects["ray"] == rejects["local"]
+    verified = {}
+    for engine in ("local", "ray"):
+        result = CliRunner().invoke(cli, ["verify", str(source), "--engine", engine, "--json"])
+        verified[engine] = sorted(
+            (r["path"], r["kind"]) for r in json.loads(result.stdout)["rejected"]
+        )
+    assert verified["ray"] == verified["local"] and len(verified["ray"]) == 10
+    assert tree_snapshot(source) == before
