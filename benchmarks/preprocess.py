@@ -5,7 +5,8 @@
 Throughput, on generated 500×375 JPEG photos (crops of the bundled sample photos):
   (a) plain OpenCV decode + encode, in a process pool of the same size (the practical limit);
   (b) a naive single-process loop: cvprep.read_image → Pipeline.apply → cvprep.write_image;
-  cvprep preprocess with 1 and 2 workers.
+  cvprep preprocess with 1 and 2 workers (and, with --ray, the Ray engine on a local
+  2-CPU instance started beforehand, so its start-up is not counted).
 Memory: peak RSS of the parent and of the largest worker for two dataset sizes.
 """
 
@@ -74,7 +75,9 @@ def naive_loop(files: list[Path], root: Path, out: Path, pipeline: Pipeline) -> 
     return len(files) / (time.perf_counter() - start)
 
 
-def cvprep_run(root: Path, out: Path, pipeline: Pipeline, workers: int) -> float:
+def cvprep_run(
+    root: Path, out: Path, pipeline: Pipeline, workers: int, engine: str = "local"
+) -> float:
     plan = batch.plan_preprocess(
         root,
         out,
@@ -85,13 +88,13 @@ def cvprep_run(root: Path, out: Path, pipeline: Pipeline, workers: int) -> float
         max_pixels=cvprep.io.DEFAULT_MAX_PIXELS,
     )
     start = time.perf_counter()
-    results = list(batch.run_in_pool(batch.preprocess_one, plan.tasks, workers))
+    results = list(batch.run_tasks(batch.preprocess_one, plan.tasks, workers, engine=engine))
     elapsed = time.perf_counter() - start
     assert all(r.status == "ok" for r in results)
     return len(results) / elapsed
 
 
-def throughput(count: int, repeats: int) -> None:
+def throughput(count: int, repeats: int, with_ray: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "in"
         make_dataset(root, count)
@@ -123,6 +126,15 @@ def throughput(count: int, repeats: int) -> None:
                     f"   = {rates[w] / base:.2f} x (a) with {w}, {rates[w] / naive:.2f} x (b)"
                 )
             print(f"    scaling 2 workers / 1 worker:          {rates[2] / rates[1]:.2f} x")
+            if with_ray:
+                ray_rate = max(
+                    cvprep_run(root, Path(tmp) / f"ray-{spec}-{r}", pipeline, 2, "ray")
+                    for r in range(repeats)
+                )
+                print(
+                    f"    Ray engine, local instance, 2 CPUs:    {ray_rate:7.1f} img/s"
+                    f"   = {ray_rate / rates[2]:.2f} x the local engine with 2 workers"
+                )
 
 
 def _tree_rss_kib(root_pid: int) -> int:
@@ -186,8 +198,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-sizes", default="1000,10000")
+    parser.add_argument("--ray", action="store_true", help="also time the Ray engine")
     args = parser.parse_args()
-    throughput(args.images, args.repeats)
+    if args.ray:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    throughput(args.images, args.repeats, args.ray)
     memory([int(s) for s in args.memory_sizes.split(",") if s])
 
 

@@ -71,8 +71,9 @@ def check_engine(engine: str) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise click.BadParameter("needs Ray: pip install 'cvprep[ray]'",
-                                     param_hint="--engine") from None
+            raise click.BadParameter(
+                "needs Ray: pip install 'cvprep[ray]'", param_hint="--engine"
+            ) from None
 
 
 def separate_dirs(source: Path, output: Path) -> None:

@@ -89,6 +89,14 @@ def _quiet_tensorflow() -> None:
 )
 @click.option("--distribute", is_flag=True, help="MirroredStrategy over all visible GPUs.")
 @click.option(
+    "--coordinator",
+    metavar="HOST:PORT",
+    default="",
+    help="Multi-process data parallelism (JAX backend): address of process 0.",
+)
+@click.option("--num-processes", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--process-id", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
@@ -111,6 +119,9 @@ def train_command(
     seed: int,
     patience: int,
     distribute: bool,
+    coordinator: str,
+    num_processes: int,
+    process_id: int,
     out: Path,
     quiet: bool,
 ) -> None:
@@ -147,6 +158,9 @@ def train_command(
         seed=seed,
         patience=patience,
         distribute=distribute,
+        coordinator=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
     )
     try:
         config.validate()

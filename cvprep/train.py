@@ -79,6 +79,9 @@ class TrainConfig:
     seed: int = 1337
     patience: int = 5
     distribute: bool = False
+    coordinator: str = ""  # HOST:PORT of process 0, for multi-process data parallelism (JAX)
+    num_processes: int = 1
+    process_id: int = 0
     data_spec: str = ""  # filled in: the preprocessing recorded in DATA
     classes: list[str] = field(default_factory=list)  # filled in
 
@@ -115,6 +118,18 @@ class TrainConfig:
                 f"Received: weights={self.weights!r}"
             )
         Pipeline.parse(self.ops)
+        if self.num_processes > 1 and not self.coordinator:
+            raise ValueError("`coordinator` (HOST:PORT) is needed with `num_processes` > 1")
+        if not 0 <= self.process_id < self.num_processes:
+            raise ValueError(
+                f"`process_id` should be in [0, {self.num_processes}). "
+                f"Received: process_id={self.process_id}"
+            )
+        if self.batch_size % self.num_processes:
+            raise ValueError(
+                f"`batch_size` should be a multiple of `num_processes`. "
+                f"Received: batch_size={self.batch_size}"
+            )
 
 
 # --------------------------------------------------------------------------- data
@@ -186,6 +201,7 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     num_classes: int,
+    drop_remainder: bool = False,
 ) -> Any:
     """tf.data: parallel decode → --ops (cvprep layers) → Resize → batch → cache → prefetch."""
     import tensorflow as tf
@@ -212,10 +228,41 @@ def make_dataset(
         dataset = dataset.map(lambda i, lab: (i, tf.cast(lab, tf.float32)))
     channels = 3
     image_bytes = len(split.files) * size * size * channels * 4
-    dataset = dataset.batch(batch_size)
+    # Data-parallel processes must run the same number of equally shaped steps.
+    dataset = dataset.batch(batch_size, drop_remainder=shuffle and drop_remainder)
     if not shuffle and image_bytes < 2 * 1024**3:  # cache evaluation data when it fits
         dataset = dataset.cache()
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def process_shard(split: Split, config: TrainConfig) -> Split:
+    """This process's equal share of the training files (same shuffle in every process)."""
+    order = np.random.default_rng(config.seed).permutation(len(split.files))
+    per_process = len(order) // config.num_processes
+    mine = order[config.process_id * per_process : (config.process_id + 1) * per_process]
+    return Split([split.files[i] for i in mine], [split.labels[i] for i in mine])
+
+
+def init_data_parallel(coordinator: str, num_processes: int, process_id: int) -> int:
+    """Join a multi-process JAX job and replicate the model over all its devices.
+
+    Every process runs the same command with its own ``process_id``; process 0 listens on
+    ``coordinator``. Gradients are averaged across processes by Keras' ``DataParallel``.
+    """
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise CvprepError("multi-process training needs the JAX backend: set KERAS_BACKEND=jax")
+    import jax
+
+    # CPU hosts need a collectives implementation; GPUs use NCCL whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize(
+        job_addresses=coordinator, num_processes=num_processes, process_id=process_id
+    )
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return len(devices)
 
 
 # --------------------------------------------------------------------------- models
@@ -383,6 +430,11 @@ def train(
     config.data_spec = read_data_spec(data)
     config.classes, splits = discover(data)
     keras.utils.set_random_seed(config.seed)
+    multi_process = config.num_processes > 1
+    devices = 1
+    if multi_process:
+        devices = init_data_parallel(config.coordinator, config.num_processes, config.process_id)
+        splits["train"] = process_shard(splits["train"], config)
     ops = Pipeline.parse(config.ops)
     channels = output_channels(full_pipeline(config))
     write_json(
@@ -396,11 +448,12 @@ def train(
         name: make_dataset(
             split,
             size=config.size,
-            batch_size=config.batch_size,
+            batch_size=config.batch_size // config.num_processes,
             pipeline=ops,
             shuffle=name == "train",
             seed=config.seed,
             num_classes=len(config.classes),
+            drop_remainder=multi_process,
         )
         for name, split in splits.items()
     }
@@ -449,6 +502,7 @@ def train(
         )
     metrics = evaluate_dataset(core, datasets[eval_name], config.classes)
     metrics["evaluated_on"] = eval_name
+    metrics["data_parallel_devices"] = devices
     metrics["epochs_run"] = sum(len(h.get("loss", [])) for h in histories)
     write_json(out / "metrics.json", metrics)
     report.write_run_report(out, config, metrics)
