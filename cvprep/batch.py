@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from cvprep import __version__
 from cvprep.errors import ImageError
@@ -34,6 +33,7 @@ from cvprep.io import (
     encode_image,
     read_image,
 )
+from cvprep.ops import to_uint8
 from cvprep.pipeline import Pipeline
 
 CHUNK_SIZE = 16
@@ -250,7 +250,7 @@ def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResul
         return FileResult(task.relative, "rejected", exc.kind, exc.reason)
     try:
         result = _pipeline(task.spec_json).apply(image)
-        data = encode_image(_as_uint8(result), target.suffix, quality=task.quality)
+        data = encode_image(to_uint8(result), target.suffix, quality=task.quality)
     except (ValueError, cv2.error) as exc:
         return FileResult(task.relative, "rejected", "unprocessable", f"pipeline failed: {exc}")
     atomic_write_bytes(target, data)
@@ -261,11 +261,6 @@ def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResul
         height=image.shape[0],
         output=task.output_relative,
     )
-
-
-def _as_uint8(image: Any) -> Any:
-    array = np.asarray(image)
-    return array if array.dtype == np.uint8 else np.clip(np.rint(array), 0, 255).astype(np.uint8)
 
 
 def output_name(relative: Path, fmt: str | None) -> Path:

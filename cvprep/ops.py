@@ -203,14 +203,23 @@ def check_image(image: npt.ArrayLike, name: str = "image") -> np.ndarray:
     return array
 
 
+def to_uint8(image: npt.ArrayLike) -> np.ndarray:
+    """``uint8`` as is; float values in [0, 255] rounded (half to even) and clipped."""
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    raise ValueError(f"`image` should be uint8 or float in [0, 255]. Received dtype={array.dtype}")
+
+
 def _as_uint8(image: np.ndarray, op: str) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.float32:
-        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    raise ValueError(
-        f"`{op}` needs uint8 (or float in [0, 255]) input. Received dtype={image.dtype}"
-    )
+    try:
+        return to_uint8(image)
+    except ValueError:
+        raise ValueError(
+            f"`{op}` needs uint8 (or float in [0, 255]) input. Received dtype={image.dtype}"
+        ) from None
 
 
 def _like(result: np.ndarray, reference: np.ndarray) -> np.ndarray:

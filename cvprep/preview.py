@@ -7,15 +7,14 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
+from cvprep.ops import to_uint8
 from cvprep.pipeline import Pipeline
 
 _LABEL_HEIGHT = 28
 
 
 def _to_display(image: np.ndarray) -> np.ndarray:
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    array = to_uint8(image)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 2:

@@ -56,6 +56,27 @@ class ImageLayer(DataLayer):
         return super().get_config()
 
 
+class RandomImageLayer(ImageLayer):
+    """Base of the random layers: they act only when called with ``training=True``.
+
+    ``training=None`` counts as inference, because ``model.export()`` and ``predict`` call the
+    model without ``training=False``: exported models must pass images through unchanged.
+    """
+
+    def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.generator = seed_generator(seed)  # DataLayer._get_seed_generator expects these
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if not training:
+            return self.backend.cast(self.backend.convert_to_tensor(inputs), "float32")
+        return super().call(inputs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "seed": self.seed}
+
+
 # --------------------------------------------------------------------------- backend helpers
 def dims(b: Any, images: Any) -> tuple[Any, Any]:
     """Height and width: Python ints when static, scalar tensors when not."""

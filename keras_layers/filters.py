@@ -9,12 +9,12 @@ import cv2
 from cvprep import ops
 from cvprep.keras_layers.base import (
     ImageLayer,
+    RandomImageLayer,
     check_probability,
     check_range,
     correlate_axis,
     pad_axis,
     register,
-    seed_generator,
 )
 
 
@@ -50,7 +50,7 @@ class GaussianBlur(ImageLayer):
 
 
 @register
-class RandomGaussianBlur(ImageLayer):
+class RandomGaussianBlur(RandomImageLayer):
     """Gaussian blur with a random ``sigma`` in ``sigma_range`` per image, applied with
     ``probability``. Active only when called with ``training=True``: inference, ``predict``
     and exported models pass images through unchanged.
@@ -63,7 +63,7 @@ class RandomGaussianBlur(ImageLayer):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         low, high = check_range("sigma_range", sigma_range, minimum=0.0)
         if high <= 0:
             raise ValueError(
@@ -72,14 +72,7 @@ class RandomGaussianBlur(ImageLayer):
             )
         self.sigma_range = (low, high)
         self.probability = check_probability(probability)
-        self.seed = seed
-        self.generator = seed_generator(seed)
         self._radius = ops.gaussian_ksize_for_sigma(high) // 2
-
-    def call(self, inputs: Any, training: bool | None = None) -> Any:
-        if not training:
-            return self.backend.cast(self.backend.convert_to_tensor(inputs), "float32")
-        return super().call(inputs)
 
     def transform(self, images: Any) -> Any:
         b = self.backend
@@ -99,7 +92,6 @@ class RandomGaussianBlur(ImageLayer):
             **super().get_config(),
             "sigma_range": list(self.sigma_range),
             "probability": self.probability,
-            "seed": self.seed,
         }
 
 

@@ -13,11 +13,11 @@ from typing import Any
 from cvprep import ops
 from cvprep.keras_layers.base import (
     ImageLayer,
+    RandomImageLayer,
     border_index,
     check_range,
     dims,
     register,
-    seed_generator,
 )
 
 _CUBIC_A = -0.75  # OpenCV's bicubic coefficient (Keras/TF use -0.5)
@@ -293,19 +293,8 @@ class Rotate(ImageLayer):
         out_h, out_w = (
             _expanded_size(b, height, width, self.angle) if self.expand else (height, width)
         )
-        batch = b.shape(images)[0]
-        angles = b.numpy.full((batch,), self.angle, dtype="float32")
-        inverse = rotation_inverse(b, angles, height, width, out_h, out_w)
-        return _warp(
-            b,
-            images,
-            inverse,
-            out_h,
-            out_w,
-            interpolation=self.interpolation,
-            border=self.border,
-            fill=_fill_list(self.fill, images.shape[-1]),
-        )
+        angles = b.numpy.full((b.shape(images)[0],), self.angle, dtype="float32")
+        return _rotate(b, images, angles, out_h, out_w, self)
 
     def output_hwc(self, height: Any, width: Any, channels: Any) -> tuple[Any, Any, Any]:
         if not self.expand:
@@ -326,7 +315,7 @@ class Rotate(ImageLayer):
 
 
 @register
-class RandomRotation(ImageLayer):
+class RandomRotation(RandomImageLayer):
     """Rotate each image by a random angle in ``angle_range`` degrees (size kept).
 
     Active only when called with ``training=True``: inference, ``predict`` and exported
@@ -342,7 +331,7 @@ class RandomRotation(ImageLayer):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.angle_range = check_range("angle_range", angle_range)
         params = ops.check_rotate(0.0, interpolation=interpolation, border=border, fill=fill)
         self.interpolation, self.border, self.fill = (
@@ -350,13 +339,6 @@ class RandomRotation(ImageLayer):
             params["border"],
             params["fill"],
         )
-        self.seed = seed
-        self.generator = seed_generator(seed)
-
-    def call(self, inputs: Any, training: bool | None = None) -> Any:
-        if not training:
-            return self.backend.cast(self.backend.convert_to_tensor(inputs), "float32")
-        return super().call(inputs)
 
     def transform(self, images: Any) -> Any:
         b = self.backend
@@ -368,17 +350,7 @@ class RandomRotation(ImageLayer):
             maxval=high,
             seed=self._get_seed_generator(b._backend),
         )
-        inverse = rotation_inverse(b, angles, height, width, height, width)
-        return _warp(
-            b,
-            images,
-            inverse,
-            height,
-            width,
-            interpolation=self.interpolation,
-            border=self.border,
-            fill=_fill_list(self.fill, images.shape[-1]),
-        )
+        return _rotate(b, images, angles, height, width, self)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -387,8 +359,24 @@ class RandomRotation(ImageLayer):
             "interpolation": self.interpolation,
             "border": self.border,
             "fill": list(self.fill),
-            "seed": self.seed,
         }
+
+
+def _rotate(b: Any, images: Any, angles: Any, out_h: Any, out_w: Any, layer: Any) -> Any:
+    """Rotate each image by its angle onto an ``out_h×out_w`` canvas with ``layer``'s
+    interpolation, border and fill."""
+    height, width = dims(b, images)
+    inverse = rotation_inverse(b, angles, height, width, out_h, out_w)
+    return _warp(
+        b,
+        images,
+        inverse,
+        out_h,
+        out_w,
+        interpolation=layer.interpolation,
+        border=layer.border,
+        fill=_fill_list(layer.fill, images.shape[-1]),
+    )
 
 
 def _fill_list(fill: tuple[float, ...], channels: int) -> list[float]:
