@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,15 @@ def progress(iterable: Any, *, length: int, label: str, quiet: bool) -> Any:
     """A progress bar with rate and ETA on stderr, or the bare iterable when quiet."""
     if quiet:
         return _NullBar(iterable)
+    start, done = time.perf_counter(), [0]
+
+    def rate(item: Any) -> str | None:
+        if item is None:
+            return None
+        done[0] += 1
+        elapsed = time.perf_counter() - start
+        return f"{done[0] / elapsed:.0f} files/s" if elapsed > 0 else None
+
     return click.progressbar(
         iterable,
         length=length,
@@ -81,7 +91,7 @@ def progress(iterable: Any, *, length: int, label: str, quiet: bool) -> Any:
         file=sys.stderr,
         show_eta=True,
         show_pos=True,
-        item_show_func=lambda _: None,
+        item_show_func=rate,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -351,8 +352,6 @@ def split_command(
     Example:
       cvprep split photos/ data/ --ratios 0.8,0.1,0.1 --seed 1 --mode hardlink
     """
-    import re
-
     from cvprep import split as splitting
 
     separate_dirs(source, output)

@@ -7,6 +7,7 @@ unchanged, so evaluation never sees synthetic data.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -101,8 +102,6 @@ _TRANSFORMS: dict[str, Any] = {}
 
 
 def _transform(serialised: str) -> Any:
-    import json
-
     import albumentations as A
 
     if serialised not in _TRANSFORMS:

@@ -266,3 +266,47 @@ def test_train_rejects_bad_arguments(dataset, tmp_path):
     assert result.exit_code == 2 and "weights" in result.output
     result = runner.invoke(cli, ["train", str(tmp_path), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "train/" in result.output
+
+
+def test_killed_training_resumes_where_it_stopped(dataset, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "resume"
+    command = [
+        sys.executable,
+        "-m",
+        "cvprep",
+        "train",
+        str(dataset),
+        "--img-size",
+        "48",
+        "--epochs",
+        "30",
+        "--patience",
+        "30",
+        "--batch-size",
+        "8",
+        "--seed",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    child = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stderr=subprocess.DEVNULL)
+    history = out / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 4:  # 3 epochs done
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "training finished before it could be interrupted"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (out / "model.keras").exists()
+    subprocess.run(command, cwd=ROOT, check=True, stderr=subprocess.DEVNULL, timeout=600)
+    epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
+    assert epochs.count(0) == 1, "the second run must not start again from epoch 0"
+    assert epochs[-1] == 29 and epochs == sorted(epochs)
+    assert (out / "model.keras").is_file()
