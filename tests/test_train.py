@@ -305,6 +305,7 @@ def test_killed_training_resumes_where_it_stopped(dataset, tmp_path):
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     assert not (out / "model.keras").exists()
+    assert any((out / "backup").glob("*/*")), "BackupAndRestore left no state to resume from"
     subprocess.run(command, cwd=ROOT, check=True, stderr=subprocess.DEVNULL, timeout=600)
     epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
     assert epochs.count(0) == 1, "the second run must not start again from epoch 0"
