@@ -40,7 +40,8 @@ def run_demo(out: Path, source: Path | None, epochs: int, echo: Callable[[str], 
         echo,
         (0, 1),
     )
-    _run(["preprocess", str(data), str(prepped), "--ops", DEMO_SPEC, "-q"], echo)
+    # PNG: no second JPEG loss, so the training images equal what the model computes itself.
+    _run(["preprocess", str(data), str(prepped), "--ops", DEMO_SPEC, "--format", "png", "-q"], echo)
     _run(
         [
             "train",

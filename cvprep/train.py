@@ -11,6 +11,7 @@ to the training files) followed by ``--ops`` (applied in the tf.data pipeline wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -488,6 +489,8 @@ def train(
         )
     model = wrap_for_raw_images(core, config)
     model.save(out / MODEL_FILE)
+    with contextlib.suppress(OSError):  # BackupAndRestore removes its own folders on success
+        (out / "backup").rmdir()
     eval_name = next(name for name in ("test", "val", "train") if name in splits)
     if eval_name == "train":
         log("warning: no val/ or test/ split: the metrics below are on the training images")
