@@ -227,8 +227,7 @@ def make_dataset(
         dataset = dataset.map(lambda i, lab: (i, tf.one_hot(lab, num_classes)))
     else:
         dataset = dataset.map(lambda i, lab: (i, tf.cast(lab, tf.float32)))
-    channels = 3
-    image_bytes = len(split.files) * size * size * channels * 4
+    image_bytes = len(split.files) * size * size * 3 * 4  # float32 RGB (an upper bound)
     # Data-parallel processes must run the same number of equally shaped steps.
     dataset = dataset.batch(batch_size, drop_remainder=shuffle and drop_remainder)
     if not shuffle and image_bytes < 2 * 1024**3:  # cache evaluation data when it fits
