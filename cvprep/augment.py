@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from cvprep.batch import FileResult
 from cvprep.errors import ImageError
 from cvprep.files import class_of, iter_files
-from cvprep.io import atomic_write_bytes, encode_image, read_image
+from cvprep.io import atomic_write_bytes, copy_atomic, encode_image, read_image
 
 PRESETS = ("light", "medium", "heavy")
 
@@ -181,7 +180,7 @@ def files_by_class(train: Path) -> dict[str, list[str]]:
 
 
 def pass_through(source: Path, target: Path) -> int:
-    """Hard-link (or copy, across file systems) a split folder unchanged."""
+    """Hard-link (or copy atomically, across file systems) a split folder unchanged."""
     count = 0
     for relative in iter_files(source):
         destination = target / relative
@@ -191,6 +190,6 @@ def pass_through(source: Path, target: Path) -> int:
         try:
             os.link(source / relative, destination)
         except OSError:
-            shutil.copy2(source / relative, destination)
+            copy_atomic(source / relative, destination)
         count += 1
     return count

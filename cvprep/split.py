@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from cvprep.batch import run_in_pool
 from cvprep.duplicates import content_hash, group_labels, near_duplicate_pairs, perceptual_hash
 from cvprep.errors import ImageError
 from cvprep.files import class_of, iter_files
-from cvprep.io import atomic_write_bytes, read_image
+from cvprep.io import atomic_write_bytes, copy_atomic, read_image
 
 SPLIT_NAMES = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -305,9 +304,7 @@ def _link_or_copy(source: Path, target: Path, mode: str) -> None:
     elif mode == "symlink":
         os.symlink(source.resolve(), target)
     else:
-        temporary = target.with_name(f".{target.name}.copy.part")
-        shutil.copy2(source, temporary)
-        os.replace(temporary, target)
+        copy_atomic(source, target)
 
 
 @dataclass
