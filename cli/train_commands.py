@@ -11,6 +11,7 @@ import click
 from cvprep.cli.app import cli
 from cvprep.cli.common import EXIT_REJECTED, emit_json, json_option, parse_spec, quiet_option
 from cvprep.errors import CvprepError
+from cvprep.train import AUGMENT_PRESETS, MODELS
 
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -23,7 +24,7 @@ def _quiet_tensorflow() -> None:
 @click.argument("data", type=existing_dir)
 @click.option(
     "--model",
-    type=click.Choice(["cnn", "mobilenet", "mobilenet_v2", "efficientnet_b0", "resnet50", "vgg16"]),
+    type=click.Choice(MODELS),
     default="cnn",
     show_default=True,
 )
@@ -74,7 +75,7 @@ def _quiet_tensorflow() -> None:
 )
 @click.option(
     "--augment",
-    type=click.Choice(["none", "light", "medium", "heavy"]),
+    type=click.Choice(AUGMENT_PRESETS),
     default="none",
     show_default=True,
     help="Random Keras layers, training only.",
