@@ -1,13 +1,17 @@
-"""Throughput and memory of `cvprep preprocess`, against baselines run in the same process.
+"""`cvprep preprocess` against a bare multiprocessing pool making the same cv2 calls, same run.
 
-    python benchmarks/preprocess.py [--images 400] [--memory-sizes 1000,10000]
+    python benchmarks/preprocess.py [--photos DIR] [--copies 2] [--repeats 3] [--memory]
 
-Throughput, on generated 500×375 JPEG photos (crops of the bundled sample photos):
-  (a) plain OpenCV decode + encode, in a process pool of the same size (the practical limit);
-  (b) a naive single-process loop: cvprep.read_image → Pipeline.apply → cvprep.write_image;
-  cvprep preprocess with 1 and 2 workers (and, with --ray, the Ray engine on a local
-  2-CPU instance started beforehand, so its start-up is not counted).
-Memory: peak RSS of the parent and of the largest worker for two dataset sizes.
+Input: the real dev photos (``../shared/data/cats_vs_dogs_dev``, hard-linked ``--copies``
+times under new names into a scratch folder) when present, else generated 500×375 JPEGs.
+
+For each pipeline, alternating runs, best of ``--repeats``:
+  bare pool  — ``multiprocessing.Pool(2)``, ``imap_unordered``: cv2.imread, the same cv2 calls
+               as the spec, cv2.imencode, write (what a user would write by hand);
+  cvprep     — ``cvprep.dataset.preprocess(..., workers=2)``: the whole job (listing, run record,
+               lock, reader with EXIF/CMYK/16-bit handling, atomic writes, per-file results).
+Ratio = cvprep / bare pool (1.0 = no overhead). ``--memory`` adds peak resident memory of the
+whole process tree of the CLI for two dataset sizes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,115 +31,114 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
 
-import cvprep
-from cvprep import batch
-from cvprep.pipeline import Pipeline
+from cvprep import dataset
 
-SPECS = ["resize=224x224:fit=pad,equalize", "equalize,gaussian_blur=5"]
-PHOTOS = Path(__file__).resolve().parents[1] / "sample_images" / "photos"
-
-
-def make_dataset(root: Path, count: int, size: tuple[int, int] = (375, 500)) -> None:
-    rng = np.random.default_rng(0)
-    sources = [cv2.imread(str(p)) for p in sorted(PHOTOS.glob("*.jpg"))]
-    for index in range(count):
-        source = sources[index % len(sources)]
-        scale = max(size[0] / source.shape[0], size[1] / source.shape[1]) * rng.uniform(1, 1.5)
-        big = cv2.resize(source, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-        top = rng.integers(0, big.shape[0] - size[0] + 1)
-        left = rng.integers(0, big.shape[1] - size[1] + 1)
-        crop = big[top : top + size[0], left : left + size[1]]
-        folder = root / ("cats" if index % 2 else "dogs")
-        folder.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(folder / f"{index:06d}.jpg"), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+ROOT = Path(__file__).resolve().parents[1]
+DEV_PHOTOS = ROOT.parent / "shared" / "data" / "cats_vs_dogs_dev"
+WORKERS = 2
 
 
-def _decode_encode(task: tuple[str, str]) -> None:
-    source, target = task
-    image = cv2.imread(source)
-    _, data = cv2.imencode(".jpg", image)
+def _resize_gray_equalize_blur(image: np.ndarray) -> np.ndarray:
+    image = cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return cv2.GaussianBlur(cv2.equalizeHist(gray), (5, 5), 0, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _pad_equalize(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = min(224 / height, 224 / width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    small = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    top, left = (224 - new_h) // 2, (224 - new_w) // 2
+    padded = cv2.copyMakeBorder(
+        small, top, 224 - new_h - top, left, 224 - new_w - left, cv2.BORDER_CONSTANT, value=0
+    )
+    ycrcb = cv2.cvtColor(padded, cv2.COLOR_BGR2YCrCb)
+    ycrcb[:, :, 0] = cv2.equalizeHist(ycrcb[:, :, 0])
+    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
+
+
+CASES = {
+    "resize=224x224,grayscale,equalize,gaussian_blur=5": _resize_gray_equalize_blur,
+    "resize=224x224:fit=pad,equalize": _pad_equalize,
+}
+
+
+def _bare_task(task: tuple[str, str, str]) -> None:
+    source, target, spec = task
+    result = CASES[spec](cv2.imread(source))
+    _, data = cv2.imencode(os.path.splitext(target)[1], result)
     Path(target).write_bytes(data.tobytes())
 
 
-def baseline_pool(files: list[Path], out: Path, workers: int) -> float:
-    out.mkdir(parents=True, exist_ok=True)
-    tasks = [(str(f), str(out / f"{i}.jpg")) for i, f in enumerate(files)]
+def _init_bare() -> None:
+    cv2.setNumThreads(1)
+
+
+def bare_pool(files: list[Path], root: Path, out: Path, spec: str) -> float:
+    tasks = []
+    for path in files:
+        target = out / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tasks.append((str(path), str(target), spec))
     start = time.perf_counter()
-    context = multiprocessing.get_context("forkserver")
-    with context.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-        for _ in pool.imap_unordered(_decode_encode, tasks, chunksize=batch.CHUNK_SIZE):
+    with multiprocessing.get_context("forkserver").Pool(WORKERS, initializer=_init_bare) as pool:
+        for _ in pool.imap_unordered(_bare_task, tasks, chunksize=32):
             pass
     return len(files) / (time.perf_counter() - start)
 
 
-def naive_loop(files: list[Path], root: Path, out: Path, pipeline: Pipeline) -> float:
+def cvprep_job(root: Path, out: Path, spec: str, count: int) -> float:
     start = time.perf_counter()
-    for path in files:
-        result = pipeline.apply(cvprep.read_image(path))
-        cvprep.write_image(out / path.relative_to(root), result)
-    return len(files) / (time.perf_counter() - start)
-
-
-def cvprep_run(
-    root: Path, out: Path, pipeline: Pipeline, workers: int, engine: str = "local"
-) -> float:
-    plan = batch.plan_preprocess(
-        root,
-        out,
-        pipeline,
-        fmt=None,
-        quality=None,
-        reduce=1,
-        max_pixels=cvprep.io.DEFAULT_MAX_PIXELS,
-    )
-    start = time.perf_counter()
-    results = list(batch.run_tasks(batch.preprocess_one, plan.tasks, workers, engine=engine))
+    result = dataset.preprocess(root, out, spec, workers=WORKERS)
     elapsed = time.perf_counter() - start
-    assert all(r.status == "ok" for r in results)
-    return len(results) / elapsed
+    assert result.summary.total["ok"] == count, result.summary.total
+    return count / elapsed
 
 
-def throughput(count: int, repeats: int, with_ray: bool) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "in"
-        make_dataset(root, count)
-        files = sorted(root.rglob("*.jpg"))
-        print(f"{count} JPEGs of 500x375, {os.cpu_count()} CPUs, best of {repeats}")
-        for workers in (1, 2):
-            rate = max(
-                baseline_pool(files, Path(tmp) / f"base{workers}-{r}", workers)
-                for r in range(repeats)
-            )
-            print(f"  (a) OpenCV decode+encode pool, {workers} worker(s): {rate:7.1f} img/s")
-            globals()[f"base{workers}"] = rate
-        for spec in SPECS:
-            pipeline = Pipeline.parse(spec)
-            naive = naive_loop(files, root, Path(tmp) / "naive", pipeline)
-            rates = {
-                w: max(
-                    cvprep_run(root, Path(tmp) / f"out-{spec}-{w}-{r}", pipeline, w)
-                    for r in range(repeats)
-                )
-                for w in (1, 2)
-            }
-            print(f"  --ops {spec}")
-            print(f"    (b) naive single-process loop:        {naive:7.1f} img/s")
-            for w in (1, 2):
-                base = globals()[f"base{w}"]
-                print(
-                    f"    cvprep preprocess, {w} worker(s):       {rates[w]:7.1f} img/s"
-                    f"   = {rates[w] / base:.2f} x (a) with {w}, {rates[w] / naive:.2f} x (b)"
-                )
-            print(f"    scaling 2 workers / 1 worker:          {rates[2] / rates[1]:.2f} x")
-            if with_ray:
-                ray_rate = max(
-                    cvprep_run(root, Path(tmp) / f"ray-{spec}-{r}", pipeline, 2, "ray")
-                    for r in range(repeats)
-                )
-                print(
-                    f"    Ray engine, local instance, 2 CPUs:    {ray_rate:7.1f} img/s"
-                    f"   = {ray_rate / rates[2]:.2f} x the local engine with 2 workers"
-                )
+def prepare_photos(scratch: Path, photos: Path | None, copies: int) -> Path:
+    root = scratch / "in"
+    if photos is not None and photos.is_dir():
+        for path in sorted(photos.rglob("*.jpg")):
+            relative = path.relative_to(photos)
+            for copy in range(copies):  # hard links: new names, the same real JPEG bytes
+                target = root / relative.parent / f"{path.stem}.{copy}{path.suffix}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
+        return root
+    rng = np.random.default_rng(0)
+    sources = [
+        cv2.imread(str(p)) for p in sorted((ROOT / "sample_images" / "photos").glob("*.jpg"))
+    ]
+    for index in range(1500 * copies):
+        source = sources[index % len(sources)]
+        top = rng.integers(0, max(1, source.shape[0] - 375))
+        left = rng.integers(0, max(1, source.shape[1] - 500))
+        crop = (
+            cv2.resize(source, (500, 375))
+            if min(source.shape[:2]) < 375
+            else source[top : top + 375, left : left + 500]
+        )
+        folder = root / ("cats" if index % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{index:06d}.jpg"), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return root
+
+
+def throughput(root: Path, scratch: Path, repeats: int) -> None:
+    files = sorted(root.rglob("*.jpg"))
+    print(f"{len(files)} JPEGs, {os.cpu_count()} CPUs, {WORKERS} workers, best of {repeats}")
+    print(f"{'spec':52s} {'bare img/s':>11s} {'cvprep img/s':>13s} {'ratio':>6s}")
+    for spec in CASES:
+        bare, ours = [], []
+        for run in range(repeats):  # alternate, so that both see the same machine state
+            out = scratch / f"bare-{run}"
+            bare.append(bare_pool(files, root, out, spec))
+            shutil.rmtree(out)
+            out = scratch / f"cvprep-{run}"
+            ours.append(cvprep_job(root, out, spec, len(files)))
+            shutil.rmtree(out)
+        print(f"{spec:52s} {max(bare):11.0f} {max(ours):13.0f} {max(ours) / max(bare):6.2f}")
 
 
 def _tree_rss_kib(root_pid: int) -> int:
@@ -163,20 +167,19 @@ def _tree_rss_kib(root_pid: int) -> int:
 
 
 def memory(sizes: list[int]) -> None:
-    print(
-        "peak resident memory of `cvprep preprocess --workers 2`, all processes together "
-        "(128x128 JPEGs, sampled every 20 ms):"
-    )
+    print("peak resident memory of `cvprep preprocess --workers 2`, all processes (128x128 JPEGs):")
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "in"
-            make_dataset(root, size, size=(128, 128))
+            shapes = dataset.make_shapes_dataset(
+                root, per_class=size // 2, size=128, extension=".jpg"
+            )
             command = [
                 sys.executable,
                 "-m",
                 "cvprep",
                 "preprocess",
-                str(root),
+                str(shapes),
                 str(Path(tmp) / "out"),
                 "--ops",
                 "resize=64x64,equalize",
@@ -195,17 +198,17 @@ def memory(sizes: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1500)
+    parser.add_argument("--photos", type=Path, default=DEV_PHOTOS)
+    parser.add_argument("--copies", type=int, default=2, help="hard links of each photo")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-sizes", default="1000,10000")
-    parser.add_argument("--ray", action="store_true", help="also time the Ray engine")
+    parser.add_argument("--memory", action="store_true")
     args = parser.parse_args()
-    if args.ray:
-        import ray
-
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    throughput(args.images, args.repeats, args.ray)
-    memory([int(s) for s in args.memory_sizes.split(",") if s])
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        root = prepare_photos(scratch, args.photos, args.copies)
+        throughput(root, scratch, args.repeats)
+    if args.memory:
+        memory([1000, 10000])
 
 
 if __name__ == "__main__":

@@ -1,19 +1,28 @@
-"""Options and helpers shared by the cvprep commands."""
+"""Options and helpers shared by the cvprep commands: parse → call → render."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from cvprep.errors import CvprepError, ParameterError
 from cvprep.pipeline import Pipeline, SpecError
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+new_dir = click.Path(file_okay=False, path_type=Path)
 
 
 def parse_spec(
@@ -56,6 +65,23 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def library_errors(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn cvprep's errors into Click's: a bad argument is a usage error (exit 2), anything
+    else cvprep refuses (empty folder, busy output, bad file) exits 1. Other exceptions are
+    bugs and keep their traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except ParameterError as exc:  # e.g. bad ratios, an OUT made with other settings
+            raise click.UsageError(str(exc)) from None
+        except CvprepError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
 def echo_table(rows: list[list[Any]], headers: list[str]) -> None:
     """Print a plain aligned table."""
     table = [headers] + [[str(c) for c in row] for row in rows]
@@ -71,36 +97,71 @@ def echo_table(rows: list[list[Any]], headers: list[str]) -> None:
             click.echo("  ".join("-" * w for w in widths))
 
 
-def progress(iterable: Any, *, length: int, label: str, quiet: bool) -> Any:
-    """A progress bar with rate and ETA on stderr, or the bare iterable when quiet."""
-    if quiet:
-        return _NullBar(iterable)
-    start, done = time.perf_counter(), [0]
+class BarProgress:
+    """A progress bar with rate and ETA on stderr (cvprep.dataset's Progress protocol)."""
 
-    def rate(item: Any) -> str | None:
-        if item is None:
-            return None
-        done[0] += 1
-        elapsed = time.perf_counter() - start
-        return f"{done[0] / elapsed:.0f} files/s" if elapsed > 0 else None
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
 
-    return click.progressbar(
-        iterable,
-        length=length,
-        label=label,
-        file=sys.stderr,
-        show_eta=True,
-        show_pos=True,
-        item_show_func=rate,
-    )
+    def start(self, label: str, total: int) -> None:
+        if self.quiet:
+            return
+        self.started, self.done = time.perf_counter(), 0
+        self.bar = click.progressbar(
+            length=total,
+            label=label,
+            file=sys.stderr,
+            show_eta=True,
+            show_pos=True,
+            item_show_func=lambda rate: rate,
+        )
+        self.bar.__enter__()
+
+    def advance(self, count: int = 1) -> None:
+        if self.bar is None:
+            return
+        self.done += count
+        elapsed = time.perf_counter() - self.started
+        self.bar.update(count, f"{self.done / elapsed:.0f} files/s" if elapsed > 0 else None)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
-class _NullBar:
-    def __init__(self, iterable: Any) -> None:
-        self.iterable = iterable
+# --------------------------------------------------------------------------- quiet TensorFlow
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: TensorFlow's shared libraries print their start-up
+    lines (oneDNN, CUDA) from C++ initialisers, before any log level can be applied."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
-    def __enter__(self) -> Any:
-        return self.iterable
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+def load_tensorflow(verbose: bool) -> None:
+    """Import TensorFlow and Keras once, silently unless ``verbose``."""
+    if verbose or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # C++ messages after start-up, errors included
+    with _stderr_silenced():
+        import keras  # noqa: F401  (imports TensorFlow, the default backend)
+        import tensorflow  # noqa: F401
+    # Python-side messages: absl's ("WARNING:absl:...") and TensorFlow's (retracing warnings).
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(keras|tensorflow)\b.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(keras|tensorflow)\b.*")
+
+
+def verbose_flag(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool(root.obj and root.obj.get("verbose"))

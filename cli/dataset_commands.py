@@ -1,34 +1,30 @@
-"""Dataset commands: verify, preprocess, split, augment."""
+"""Dataset commands: verify, preprocess, split, augment — parse, call cvprep.dataset, render."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cvprep import batch
+from cvprep import dataset
 from cvprep.cli.app import cli
 from cvprep.cli.common import (
     EXIT_REJECTED,
+    BarProgress,
     echo_table,
     emit_json,
+    existing_dir,
     json_option,
+    library_errors,
+    new_dir,
     ops_option,
-    progress,
     quiet_option,
 )
-from cvprep.files import check_separate
+from cvprep.dataset.results import FileResult, Summary
 from cvprep.io import DEFAULT_MAX_PIXELS
 from cvprep.pipeline import Pipeline
-
-existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
-new_dir = click.Path(file_okay=False, path_type=Path)
 
 
 def workers_option(function: Any) -> Any:
@@ -36,7 +32,7 @@ def workers_option(function: Any) -> Any:
         "-w",
         "--workers",
         type=click.IntRange(0, 512),
-        default=os.cpu_count() or 1,
+        default=None,
         show_default="all cores",
         help="Worker processes (0 = run in this process).",
     )(function)
@@ -60,48 +56,31 @@ def engine_options(function: Any) -> Any:
     )(function)
     return click.option(
         "--engine",
-        type=click.Choice(batch.ENGINES),
+        type=click.Choice(dataset.ENGINES),
         default="local",
         show_default=True,
+        callback=_check_engine,
         help="local process pool, or Ray (pip install 'cvprep[ray]').",
     )(function)
 
 
-def check_engine(engine: str) -> None:
+def _check_engine(ctx: click.Context, param: click.Parameter, engine: str) -> str:
     if engine == "ray":
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise click.BadParameter(
-                "needs Ray: pip install 'cvprep[ray]'", param_hint="--engine"
-            ) from None
+            raise click.BadParameter("needs Ray: pip install 'cvprep[ray]'", ctx, param) from None
+    return engine
 
 
-def separate_dirs(source: Path, output: Path) -> None:
-    try:
-        check_separate(source, output)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="OUT") from None
-
-
-def collect(results: Any, total: int, label: str, quiet: bool) -> batch.Summary:
-    summary = batch.Summary()
-    start = time.perf_counter()
-    with progress(results, length=total, label=label, quiet=quiet) as bar:
-        for result in bar:
-            summary.add(result)
-    summary.seconds = time.perf_counter() - start
-    return summary
-
-
-def report_rejects(summary: batch.Summary, quiet: bool) -> None:
-    if summary.rejected and not quiet:
-        click.echo(f"\nrejected {len(summary.rejected)} file(s):", err=True)
-        for result in sorted(summary.rejected, key=lambda r: r.path):
+def report_rejects(rejected: list[FileResult], quiet: bool) -> None:
+    if rejected and not quiet:
+        click.echo(f"\nrejected {len(rejected)} file(s):", err=True)
+        for result in sorted(rejected, key=lambda r: r.path):
             click.echo(f"  {result.path}: [{result.kind}] {result.reason}", err=True)
 
 
-def class_table(summary: batch.Summary, columns: tuple[str, ...]) -> None:
+def class_table(summary: Summary, columns: tuple[str, ...]) -> None:
     rows = [
         [cls, sum(counts.values()), *(counts[c] for c in columns)]
         for cls, counts in sorted(summary.per_class.items())
@@ -109,6 +88,10 @@ def class_table(summary: batch.Summary, columns: tuple[str, ...]) -> None:
     total = summary.total
     rows.append(["total", sum(total.values()), *(total[c] for c in columns)])
     echo_table(rows, ["class", "files", *columns])
+
+
+def finish(ok: bool) -> None:
+    sys.exit(0 if ok else EXIT_REJECTED)
 
 
 @cli.command("verify")
@@ -128,11 +111,12 @@ def class_table(summary: batch.Summary, columns: tuple[str, ...]) -> None:
 @max_pixels_option
 @quiet_option
 @json_option
+@library_errors
 def verify_command(
     directory: Path,
     report: Path | None,
     quarantine: Path | None,
-    workers: int,
+    workers: int | None,
     engine: str,
     ray_address: str | None,
     max_pixels: int,
@@ -141,38 +125,36 @@ def verify_command(
 ) -> None:
     """Decode every image under DIRECTORY and list the ones that fail, with the reason.
 
-    Reasons: empty, truncated, not_image, too_large, unreadable. Hidden and system files
-    (.DS_Store, Thumbs.db) are ignored. Exit status 1 when any file is rejected.
+    Reasons: empty, truncated, not_image, too_large, unreadable, symlink_loop. Hidden and
+    system files (.DS_Store, Thumbs.db) are ignored; symbolic links are followed. Exit status
+    1 when any file is rejected or DIRECTORY holds no files.
+
+    Python: cvprep.dataset.verify(DIRECTORY, report=..., quarantine=...)
 
     \b
     Example:
       cvprep verify photos/ --report rejects.csv --quarantine photos-rejected/
     """
-    if quarantine is not None:
-        separate_dirs(directory, quarantine)
-    check_engine(engine)
-    files, results = batch.verify_tree(
-        directory, workers=workers, max_pixels=max_pixels, engine=engine, ray_address=ray_address
+    result = dataset.verify(
+        directory,
+        report=report,
+        quarantine=quarantine,
+        workers=workers,
+        engine=engine,
+        ray_address=ray_address,
+        max_pixels=max_pixels,
+        progress=BarProgress(quiet or as_json),
     )
-    all_results: list[batch.FileResult] = []
-
-    def keep(stream: Any) -> Any:
-        for result in stream:
-            all_results.append(result)
-            yield result
-
-    summary = collect(keep(results), len(files), "verifying", quiet or as_json)
-    if report is not None:
-        batch.write_report(report, sorted(all_results, key=lambda r: r.path))
-    moved = batch.quarantine(directory, quarantine, summary.rejected) if quarantine else []
     if as_json:
-        emit_json({**summary.to_dict(), "quarantined": [str(p) for p in moved]})
+        emit_json(result.to_dict())
     elif not quiet:
-        class_table(summary, ("ok", "rejected"))
-        report_rejects(summary, quiet)
-        if moved:
-            click.echo(f"moved {len(moved)} rejected file(s) to {quarantine}", err=True)
-    sys.exit(EXIT_REJECTED if summary.rejected else 0)
+        class_table(result.summary, ("ok", "rejected"))
+        report_rejects(result.rejected, quiet)
+        if result.quarantined:
+            click.echo(
+                f"moved {len(result.quarantined)} rejected file(s) to {quarantine}", err=True
+            )
+    finish(result.ok)
 
 
 @cli.command("preprocess")
@@ -204,11 +186,12 @@ def verify_command(
 @max_pixels_option
 @quiet_option
 @json_option
+@library_errors
 def preprocess_command(
     source: Path,
     output: Path,
     pipeline: Pipeline,
-    workers: int,
+    workers: int | None,
     engine: str,
     ray_address: str | None,
     fmt: str | None,
@@ -222,51 +205,35 @@ def preprocess_command(
     """Apply a pipeline to every image under IN, writing the same tree under OUT.
 
     Runs in a process pool (or on Ray with --engine ray); writes are atomic, so an
-    interrupted run leaves no broken file
-    and running the same command again finishes the job (finished files are skipped).
-    Rejected inputs are listed in OUT/rejected.csv; the spec is recorded in OUT/cvprep.json.
+    interrupted run leaves no broken file, and running the same command again finishes the
+    job (finished files are skipped). OUT/cvprep.json records the settings before the first
+    image: an OUT made with other settings is refused, finished or not (use --overwrite), and
+    a second job on the same OUT is refused while the first runs. Rejected inputs are listed
+    in OUT/rejected.csv.
+
+    Python: cvprep.dataset.preprocess(IN, OUT, SPEC, fmt=..., workers=...)
 
     \b
     Example:
       cvprep preprocess data/ prepped/ --ops resize=150x150:fit=pad,equalize --format jpg
     """
-    separate_dirs(source, output)
-    check_engine(engine)
-    settings = {
-        "spec": pipeline.to_text(),
-        "format": fmt,
-        "quality": quality,
-        "fast_decode": int(reduce),
-        "max_pixels": max_pixels,
-    }
-    if not overwrite:
-        try:
-            batch.check_run_record(output, settings)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="OUT") from None
-    output.mkdir(parents=True, exist_ok=True)
-    batch.remove_partial_writes(output)
-    plan = batch.plan_preprocess(
+    result = dataset.preprocess(
         source,
         output,
         pipeline,
         fmt=fmt,
         quality=quality,
-        reduce=int(reduce),
+        fast_decode=int(reduce),
+        overwrite=overwrite,
+        workers=workers,
+        engine=engine,
+        ray_address=ray_address,
         max_pixels=max_pixels,
+        progress=BarProgress(quiet or as_json),
     )
-    if overwrite:
-        _remove_outputs(output, plan.tasks)
-    results = batch.run_tasks(
-        batch.preprocess_one, plan.tasks, workers, engine=engine, ray_address=ray_address
-    )
-    summary = collect(results, len(plan.tasks), "preprocessing", quiet or as_json)
-    for collision in plan.collisions:
-        summary.add(collision)
-    batch.write_report(output / "rejected.csv", sorted(summary.rejected, key=lambda r: r.path))
-    batch.write_run_record(output, "preprocess", settings, summary)
+    summary = result.summary
     if as_json:
-        emit_json(summary.to_dict())
+        emit_json(result.to_dict())
     elif not quiet:
         class_table(summary, ("ok", "skipped", "rejected"))
         rate = summary.total["ok"] / summary.seconds if summary.seconds else 0.0
@@ -274,13 +241,8 @@ def preprocess_command(
             f"{summary.total['ok']} written in {summary.seconds:.1f}s "
             f"({rate:.0f} images/s) to {output}"
         )
-        report_rejects(summary, quiet)
-    sys.exit(EXIT_REJECTED if summary.rejected else 0)
-
-
-def _remove_outputs(output: Path, tasks: list[batch.PreprocessTask]) -> None:
-    for task in tasks:
-        (output / task.output_relative).unlink(missing_ok=True)
+        report_rejects(result.rejected, quiet)
+    finish(result.ok)
 
 
 @cli.command("split")
@@ -288,9 +250,18 @@ def _remove_outputs(output: Path, tasks: list[batch.PreprocessTask]) -> None:
 @click.argument("output", metavar="OUT", type=new_dir)
 @click.option(
     "--ratios",
-    default="0.8,0.1,0.1",
-    show_default=True,
-    help="train,val[,test] shares summing to 1.",
+    metavar="TRAIN,VAL[,TEST]",
+    help="Shares summing to 1 [default: 0.8,0.1,0.1].",
+)
+@click.option(
+    "--fixed",
+    metavar="VAL[,TEST]",
+    help="Fixed images per class for val (and test), the rest to train, e.g. 100,100.",
+)
+@click.option(
+    "--kfold",
+    type=click.IntRange(2, 100),
+    help="K stratified folds: OUT/fold_i/train and OUT/fold_i/val.",
 )
 @click.option("--seed", type=int, default=1337, show_default=True)
 @click.option(
@@ -322,111 +293,97 @@ def _remove_outputs(output: Path, tasks: list[batch.PreprocessTask]) -> None:
     show_default=True,
     help="At least this many images of each class in each split.",
 )
+@click.option(
+    "--exclude",
+    metavar="CSV[:KINDS]",
+    help="Leave out the files listed in a CSV (e.g. `cvprep inspect` findings), "
+    "optionally only some issue kinds: findings.csv:blurry,exact_duplicate.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the table; write nothing.")
 @workers_option
 @quiet_option
 @json_option
+@library_errors
 def split_command(
     source: Path,
     output: Path,
-    ratios: str,
+    ratios: str | None,
+    fixed: str | None,
+    kfold: int | None,
     seed: int,
     mode: str,
     group_regex: str | None,
     near_threshold: int,
     no_near: bool,
     min_per_split: int,
+    exclude: str | None,
     dry_run: bool,
-    workers: int,
+    workers: int | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Split class folders under IN into OUT/train, OUT/val and OUT/test.
+    """Split class folders under IN into OUT/train, OUT/val and OUT/test (or K folds).
 
     Stratified per class, reproducible for a seed, and stable: images listed in an existing
     OUT/manifest.csv keep their split when new images are added. Exact duplicates and near
-    duplicates (resized or re-encoded copies) always land in the same split. OUT/manifest.csv
-    records every file's class, split, hashes and the reason for the decision.
+    duplicates (resized or re-encoded copies) always land in the same split or fold.
+    OUT/manifest.csv records every file's class, split, hashes and the reason for the
+    decision. The same picture filed under two classes is reported, never silently resolved.
+
+    Python: cvprep.dataset.split(IN, OUT, ratios=..., fixed=..., kfold=..., seed=...)
 
     \b
-    Example:
+    Examples:
       cvprep split photos/ data/ --ratios 0.8,0.1,0.1 --seed 1 --mode hardlink
+      cvprep split photos/ data/ --fixed 100,100
+      cvprep split photos/ folds/ --kfold 5 --mode hardlink
+      cvprep split photos/ data/ --exclude findings.csv:exact_duplicate,label_conflict
     """
-    from cvprep import split as splitting
-
-    separate_dirs(source, output)
-    try:
-        shares = splitting.parse_ratios(ratios)
-        if group_regex:
-            re.compile(group_regex)
-    except (ValueError, re.error) as exc:
-        raise click.BadParameter(str(exc)) from None
-    total, stream = splitting.scan_and_hash(source, workers=workers)
-    items = []
-    with progress(stream, length=total, label="hashing", quiet=quiet or as_json) as bar:
-        items.extend(bar)
-    items.sort(key=lambda item: item.path)  # the pool returns them in any order
-    good = [item for item in items if not item.rejected]
-    previous = splitting.read_manifest(output)
-    reasons = splitting.group_items(
-        good, near_threshold=None if no_near else near_threshold, group_regex=group_regex
+    result = dataset.split(
+        source,
+        output,
+        ratios=ratios,
+        fixed=fixed,
+        kfold=kfold,
+        seed=seed,
+        mode=mode,
+        group=group_regex,
+        near_threshold=None if no_near else near_threshold,
+        min_per_split=min_per_split,
+        exclude=exclude,
+        dry_run=dry_run,
+        workers=workers,
+        progress=BarProgress(quiet or as_json),
     )
-    try:
-        splitting.assign_splits(
-            good,
-            shares,
-            seed=seed,
-            previous=previous,
-            min_per_split=min_per_split,
-            join_reasons=reasons,
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--min-per-split") from None
-    table = splitting.SplitTable.from_items(items, shares)
-    written = 0
-    if not dry_run:
-        written = splitting.materialise(source, output, good, mode, previous)
-        splitting.write_manifest(output, items)
-        batch.write_run_record(
-            output,
-            "split",
-            {
-                "ratios": shares,
-                "seed": seed,
-                "mode": mode,
-                "group": group_regex,
-                "near_threshold": None if no_near else near_threshold,
-            },
-        )
-    rejected = [item for item in items if item.rejected]
     if as_json:
-        emit_json(
-            {
-                "per_class": table.rows,
-                "written": written,
-                "dry_run": dry_run,
-                "rejected": {item.path: item.rejected for item in rejected},
-                "grouped": len(reasons),
-            }
-        )
+        emit_json(result.to_dict())
     elif not quiet:
-        names = [*shares, "rejected"]
-        rows = [
-            [cls, sum(r.values()), *(r[n] for n in names)] for cls, r in sorted(table.rows.items())
-        ]
+        names = [*result.names, "rejected", "excluded"]
+        rows = [[cls, sum(r.values()), *(r[n] for n in names)] for cls, r in result.rows.items()]
         echo_table(rows, ["class", "files", *names])
-        if reasons:
+        if result.grouped:
             click.echo(
-                f"{len(reasons)} duplicate/grouped file(s) kept with their group (see manifest.csv)"
+                f"{result.grouped} duplicate/grouped file(s) kept with their group "
+                "(see manifest.csv)"
             )
-        for item in rejected:
-            click.echo(f"  rejected {item.path}: {item.rejected}", err=True)
+        for path, reason in result.rejected.items():
+            click.echo(f"  rejected {path}: {reason}", err=True)
         click.echo(
             "dry run: nothing written"
             if dry_run
-            else f"wrote {written} file(s); manifest: {output / 'manifest.csv'}"
+            else f"wrote {result.written} file(s); manifest: {output / 'manifest.csv'}"
         )
-    sys.exit(EXIT_REJECTED if rejected else 0)
+    if result.conflicts and not quiet:
+        click.echo(
+            f"warning: {len(result.conflicts)} picture(s) are filed under more than one class "
+            "(kept, in one split): "
+            + "; ".join(" = ".join(g) for g in result.conflicts[:5])
+            + (" ..." if len(result.conflicts) > 5 else "")
+            + "\n  `cvprep inspect` lists them as label_conflict; fix the labels or use "
+            "--exclude findings.csv:label_conflict",
+            err=True,
+        )
+    finish(result.ok)
 
 
 @cli.command("augment")
@@ -437,7 +394,8 @@ def split_command(
     "preset_name",
     default="medium",
     show_default=True,
-    help="light, medium, heavy, or an albumentations pipeline saved as YAML/JSON.",
+    help="light, medium, heavy (the same transforms as `train --augment`), or an "
+    "albumentations pipeline saved as YAML/JSON.",
 )
 @click.option(
     "--per-image",
@@ -453,9 +411,11 @@ def split_command(
 )
 @click.option("--seed", type=int, default=1337, show_default=True)
 @click.option("--quality", type=click.IntRange(1, 100), help="JPEG/WebP quality.")
+@click.option("--overwrite", is_flag=True, help="Write into an OUT made with other settings.")
 @workers_option
 @quiet_option
 @json_option
+@library_errors
 def augment_command(
     source: Path,
     output: Path,
@@ -464,7 +424,8 @@ def augment_command(
     balance: bool,
     seed: int,
     quality: int | None,
-    workers: int,
+    overwrite: bool,
+    workers: int | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -474,72 +435,41 @@ def augment_command(
     folder of class subfolders (all augmented). Deterministic for a seed, whatever the
     number of workers.
 
+    Python: cvprep.dataset.augment(IN, OUT, preset=..., per_image=..., balance=...)
+
     \b
     Example:
       cvprep augment data/ data-aug/ --preset medium --balance --seed 1
     """
-    from albumentations import to_dict
-
-    from cvprep import augment
-
-    separate_dirs(source, output)
     try:
-        transform = augment.load_transform(preset_name)
+        from cvprep.dataset.augment import load_transform
+
+        load_transform(preset_name)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--preset") from None
-    train, others = augment.training_root(source)
-    train_out = output / train.relative_to(source)
-    grouped = augment.files_by_class(train)
-    if not grouped:
-        raise click.BadParameter(f"no class folders with images under {train}", param_hint="IN")
-    copies = augment.plan_copies(grouped, per_image=per_image, balance=balance, seed=seed)
-    for other in others:
-        augment.pass_through(other, output / other.name)
-    augment.pass_through(train, train_out)
-    serialised = json.dumps(to_dict(transform))
-    tasks = [
-        augment.AugmentTask(str(train), str(train_out), name, numbers, serialised, seed, quality)
-        for name, numbers in sorted(copies.items())
-    ]
-    summary = collect(
-        batch.run_in_pool(augment.augment_one, tasks, workers),
-        len(tasks),
-        "augmenting",
-        quiet or as_json,
-    )
-    counts = {
-        cls: {"originals": len(files), "augmented": sum(len(copies[f]) for f in files)}
-        for cls, files in grouped.items()
-    }
-    batch.write_run_record(
+    result = dataset.augment(
+        source,
         output,
-        "augment",
-        {
-            "preset": preset_name,
-            "per_image": per_image,
-            "balance": balance,
-            "seed": seed,
-            "transform": json.loads(serialised),
-        },
-        summary,
+        preset=preset_name,
+        per_image=per_image,
+        balance=balance,
+        seed=seed,
+        quality=quality,
+        overwrite=overwrite,
+        workers=workers,
+        progress=BarProgress(quiet or as_json),
     )
     if as_json:
-        emit_json(
-            {
-                "per_class": counts,
-                "passed_through": [p.name for p in others],
-                "rejected": [r.path for r in summary.rejected],
-            }
-        )
+        emit_json(result.to_dict())
     elif not quiet:
         echo_table(
             [
                 [cls, c["originals"], c["augmented"], c["originals"] + c["augmented"]]
-                for cls, c in sorted(counts.items())
+                for cls, c in result.per_class.items()
             ],
             ["class", "originals", "augmented", "total"],
         )
-        if others:
-            click.echo(f"passed through unchanged: {', '.join(p.name for p in others)}")
-        report_rejects(summary, quiet)
-    sys.exit(EXIT_REJECTED if summary.rejected else 0)
+        if result.passed_through:
+            click.echo(f"passed through unchanged: {', '.join(result.passed_through)}")
+        report_rejects(result.rejected, quiet)
+    finish(result.ok)

@@ -1,23 +1,53 @@
-"""Training commands: train, evaluate, predict, export, demo."""
+"""Training commands: train, evaluate, predict, export, demo — parse, call cvprep.training,
+render. TensorFlow is imported quietly (no start-up log lines) unless --verbose."""
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+from cvprep.augmentation import PRESET_NAMES
 from cvprep.cli.app import cli
-from cvprep.cli.common import EXIT_REJECTED, emit_json, json_option, parse_spec, quiet_option
-from cvprep.errors import CvprepError
-from cvprep.train import AUGMENT_PRESETS, MODELS
+from cvprep.cli.common import (
+    EXIT_REJECTED,
+    emit_json,
+    existing_dir,
+    json_option,
+    library_errors,
+    load_tensorflow,
+    parse_spec,
+    quiet_option,
+)
+from cvprep.training.config import CACHE_MODES, MODELS, RECIPES, RESIZE_MODES
 
-existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+
+def tensorflow_command(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --verbose, and import TensorFlow silently before the command runs unless given."""
+
+    def callback(ctx: click.Context, param: click.Parameter, verbose: bool) -> bool:
+        load_tensorflow(verbose)
+        return verbose
+
+    return click.option(
+        "--verbose",
+        is_flag=True,
+        is_eager=True,
+        expose_value=False,
+        callback=callback,
+        help="Show TensorFlow's own log output.",
+    )(function)
 
 
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _recipe_help() -> str:
+    cnn, backbone = RECIPES["cnn"], RECIPES["backbone"]
+    return (
+        f"cnn: {cnn.epochs} epochs, lr {cnn.learning_rate:g}, augment {cnn.augment}; backbones: "
+        f"{backbone.epochs} frozen + {backbone.fine_tune_epochs} fine-tuning epochs"
+    )
 
 
 @cli.command("train")
@@ -27,6 +57,7 @@ def _quiet_tensorflow() -> None:
     type=click.Choice(MODELS),
     default="cnn",
     show_default=True,
+    help="cnn (cvprep's), classic (the course's exact CNN) or a keras.applications backbone.",
 )
 @click.option(
     "--alpha",
@@ -44,26 +75,41 @@ def _quiet_tensorflow() -> None:
 @click.option(
     "--img-size",
     type=click.IntRange(32, 1024),
-    help="Square input size [default: 150 for cnn, 224 for backbones].",
+    help="Square input size [default: 150 for cnn/classic, 224 for backbones].",
 )
-@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option(
+    "--resize",
+    type=click.Choice(RESIZE_MODES),
+    default="stretch",
+    show_default=True,
+    help="How images of other shapes reach the input size (built into the model).",
+)
+@click.option("--epochs", type=click.IntRange(1), help=f"[default: {_recipe_help()}]")
 @click.option(
     "--fine-tune-epochs",
     type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Second phase: unfreeze the top layers and train at a low learning rate.",
+    help="Backbones: epochs with the backbone unfrozen (0 = none) [default: per model].",
 )
 @click.option(
     "--unfreeze",
-    type=click.IntRange(1),
-    default=20,
-    show_default=True,
-    help="Backbone layers to unfreeze for fine-tuning.",
+    type=click.IntRange(0),
+    help="Backbone layers to unfreeze for fine-tuning, 0 = all [default: all].",
 )
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option(
-    "--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True
+    "--learning-rate",
+    type=click.FloatRange(0, min_open=True),
+    help="Peak learning rate [default: per model].",
+)
+@click.option(
+    "--fine-tune-learning-rate",
+    type=click.FloatRange(0, min_open=True),
+    help="Peak learning rate of fine-tuning [default: per model].",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="[default: 0.1, classic 0]",
 )
 @click.option(
     "--ops",
@@ -75,19 +121,33 @@ def _quiet_tensorflow() -> None:
 )
 @click.option(
     "--augment",
-    type=click.Choice(AUGMENT_PRESETS),
-    default="none",
+    type=click.Choice(PRESET_NAMES),
+    help="Random transforms while training, the presets of `cvprep augment` "
+    "[default: medium for cnn/classic, light for backbones].",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
     show_default=True,
-    help="Random Keras layers, training only.",
+    help="Without DATA/val: the share of train/ held out for validation (test/ is never used).",
 )
 @click.option("--seed", type=int, default=1337, show_default=True)
 @click.option(
     "--patience",
     type=click.IntRange(1),
-    default=5,
+    default=10,
     show_default=True,
-    help="Early-stopping patience (epochs).",
+    help="Early-stopping patience (epochs without a better validation loss).",
 )
+@click.option(
+    "--cache",
+    type=click.Choice(CACHE_MODES),
+    default="auto",
+    show_default=True,
+    help="Decoded images: in memory, in a file in the run folder, or memory when they fit.",
+)
+@click.option("-w", "--workers", type=click.IntRange(0, 512), help="Decoding processes.")
 @click.option("--distribute", is_flag=True, help="MirroredStrategy over all visible GPUs.")
 @click.option(
     "--coordinator",
@@ -104,105 +164,61 @@ def _quiet_tensorflow() -> None:
     help="Run folder for the model and its evidence.",
 )
 @quiet_option
-def train_command(
-    data: Path,
-    model: str,
-    alpha: float,
-    weights: str,
-    img_size: int | None,
-    epochs: int,
-    fine_tune_epochs: int,
-    unfreeze: int,
-    batch_size: int,
-    learning_rate: float,
-    ops_spec: str,
-    augment: str,
-    seed: int,
-    patience: int,
-    distribute: bool,
-    coordinator: str,
-    num_processes: int,
-    process_id: int,
-    out: Path,
-    quiet: bool,
-) -> None:
-    """Train a classifier on DATA (train/, val/, optional test/ as written by `cvprep split`).
+@tensorflow_command
+@library_errors
+def train_command(data: Path, out: Path, quiet: bool, ops_spec: str, **options: Any) -> None:
+    """Train a classifier on DATA (train/, optional val/ and test/, as written by `cvprep split`).
 
-    Two classes give a sigmoid output, more a softmax. Transfer learning freezes the backbone
-    first, then (with --fine-tune-epochs) unfreezes the top --unfreeze layers, keeping
-    BatchNormalization in inference mode. Re-running an interrupted command resumes it.
-    The run folder gets model.keras, labels.json, pipeline.json, config.json, history.csv,
-    curves.png, confusion_matrix.png, metrics.json and report.html.
+    With no other flag, --model cnn and --model mobilenet --alpha 0.25 --weights FILE use
+    defaults measured on real photos (README). Without val/, a stratified share of train/
+    (--val-fraction) validates; test/ is scored once, at the end, on the raw images through
+    the saved model (the same figure as `cvprep evaluate`). Backbones train frozen, then
+    fine-tune. Re-running an interrupted command resumes it. The run folder gets model.keras
+    (raw images in: the preprocessing is inside), labels.json, pipeline.json, config.json,
+    history.csv, metrics.json, suspects.csv, figures/ and report.html.
+
+    Python: cvprep.training.train(DATA, out=..., model=..., epochs=...)
 
     \b
-    Example:
-      cvprep train prepped/ --model mobilenet --alpha 0.25 --epochs 5 \\
-          --fine-tune-epochs 5 --augment light --out runs/mobilenet
+    Examples:
+      cvprep train prepped/ --model cnn --out runs/cnn
+      cvprep train data/ --model mobilenet --alpha 0.25 --weights imagenet --out runs/mobilenet
     """
-    _quiet_tensorflow()
-    from cvprep.train import TrainConfig, train
+    from cvprep.training import train
 
-    config = TrainConfig(
-        data=str(data),
-        out=str(out),
-        model=model,
-        alpha=alpha,
-        weights=weights,
-        img_size=img_size,
-        epochs=epochs,
-        fine_tune_epochs=fine_tune_epochs,
-        unfreeze=unfreeze,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
+    result = train(
+        data,
+        out=out,
         ops=ops_spec,
-        augment=augment,
-        seed=seed,
-        patience=patience,
-        distribute=distribute,
-        coordinator=coordinator,
-        num_processes=num_processes,
-        process_id=process_id,
+        verbose=0 if quiet else 2,
+        log=(lambda _: None) if quiet else click.echo,
+        **options,
     )
-    try:
-        config.validate()
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    try:
-        train(config, verbose=0 if quiet else 2, log=(lambda _: None) if quiet else click.echo)
-    except CvprepError as exc:
-        raise click.ClickException(str(exc)) from None
+    if not quiet and result.metrics.get("rejected"):
+        for path, error in result.metrics["rejected"].items():
+            click.echo(f"  skipped {path}: {error}", err=True)
 
 
 @cli.command("evaluate")
 @click.argument("run", type=existing_dir)
 @click.argument("data", type=existing_dir)
 @json_option
+@tensorflow_command
+@library_errors
 def evaluate_command(run: Path, data: Path, as_json: bool) -> None:
     """Evaluate RUN's model on raw images: DATA/test (or DATA/val, or DATA's class folders).
 
     Writes RUN/evaluation/metrics.json and confusion_matrix.png.
 
+    Python: cvprep.training.evaluate(RUN, DATA)
+
     \b
     Example:
       cvprep evaluate runs/cnn data/
     """
-    _quiet_tensorflow()
-    from cvprep import report
-    from cvprep.train import evaluate_folder, write_json
+    from cvprep.training import evaluate
 
-    try:
-        metrics = evaluate_folder(run, data)
-    except CvprepError as exc:
-        raise click.ClickException(str(exc)) from None
-    folder = run / "evaluation"
-    folder.mkdir(exist_ok=True)
-    write_json(folder / "metrics.json", metrics)
-    report.plot_confusion(
-        metrics["confusion_matrix"],
-        metrics["classes"],
-        folder / "confusion_matrix.png",
-        f"confusion matrix ({metrics['split']})",
-    )
+    metrics = evaluate(run, data).metrics
     if as_json:
         emit_json(metrics)
     else:
@@ -220,42 +236,29 @@ def evaluate_command(run: Path, data: Path, as_json: bool) -> None:
     sys.exit(EXIT_REJECTED if metrics["rejected"] else 0)
 
 
-def _image_paths(sources: tuple[Path, ...]) -> list[Path]:
-    from cvprep.files import iter_files
-
-    paths: list[Path] = []
-    for source in sources:
-        paths.extend(source / p for p in iter_files(source)) if source.is_dir() else paths.append(
-            source
-        )
-    return paths
-
-
 @cli.command("predict")
 @click.argument("run", type=existing_dir)
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @json_option
+@tensorflow_command
+@library_errors
 def predict_command(run: Path, images: tuple[Path, ...], as_json: bool) -> None:
     """Predict the class of raw images (files or folders) with RUN's model.
 
     Bad files are reported, not fatal (exit status 1 if any).
 
+    Python: cvprep.training.predict(RUN, [paths])
+
     \b
     Example:
       cvprep predict runs/cnn photo1.jpg more_photos/ --json
     """
-    _quiet_tensorflow()
-    from dataclasses import asdict
+    from cvprep.training import predict
+    from cvprep.training.evaluate import predictions_as_dicts
 
-    from cvprep.train import load_run, predict_files
-
-    try:
-        model, classes, _ = load_run(run)
-    except CvprepError as exc:
-        raise click.ClickException(str(exc)) from None
-    predictions = predict_files(model, classes, _image_paths(images))
+    predictions = predict(run, images)
     if as_json:
-        emit_json([asdict(p) for p in predictions])
+        emit_json(predictions_as_dicts(predictions))
     else:
         for p in predictions:
             if p.error:
@@ -281,25 +284,29 @@ def predict_command(run: Path, images: tuple[Path, ...], as_json: bool) -> None:
     type=click.Path(path_type=Path),
     help="Where to write [default: RUN/export/savedmodel or RUN/export/model.tflite].",
 )
+@tensorflow_command
+@library_errors
 def export_command(run: Path, fmt: str, quantize: bool, output: Path | None) -> None:
     """Export RUN's model (raw RGB images in, probabilities out) for serving.
 
     The SavedModel serves without cvprep installed; the TFLite model uses built-in ops only.
+    The export is checked against model.keras on the run's own images and generated ones.
+
+    Python: cvprep.training.export(RUN, "tflite", quantize=True)
 
     \b
     Example:
       cvprep export runs/cnn --format tflite --quantize
     """
-    _quiet_tensorflow()
-    from cvprep.export import export_run
+    from cvprep.training import export
 
     if quantize and fmt != "tflite":
         raise click.BadParameter("--quantize applies to --format tflite", param_hint="--quantize")
-    try:
-        path = export_run(run, fmt, quantize=quantize, output=output)
-    except CvprepError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"exported {fmt} to {path}")
+    result = export(run, fmt, quantize=quantize, output=output)
+    click.echo(
+        f"exported {fmt} to {result.path} (checked on {result.checked} images, largest "
+        f"difference {result.max_difference:.2g})"
+    )
 
 
 @cli.command("demo")
@@ -316,20 +323,19 @@ def export_command(run: Path, fmt: str, quantize: bool, output: Path | None) -> 
     type=existing_dir,
     help="Class folders to use [default: the bundled sample_images/shapes].",
 )
-@click.option("--epochs", type=click.IntRange(1), default=25, show_default=True)
-def demo_command(out: Path, source: Path | None, epochs: int) -> None:
+@click.option("--epochs", type=click.IntRange(1), help="[default: the demo's own]")
+@tensorflow_command
+@library_errors
+def demo_command(out: Path, source: Path | None, epochs: int | None) -> None:
     """Run the whole path on the bundled two-class sample set, in a minute or two.
 
-    verify → split → preprocess → train (small CNN) → evaluate → predict.
+    verify → split → preprocess → train (cvprep's CNN) → evaluate → predict, through the
+    Python API, printing the equivalent commands.
 
     \b
     Example:
       cvprep demo --out cvprep-demo
     """
-    _quiet_tensorflow()
     from cvprep.demo import run_demo
 
-    try:
-        run_demo(out, source, epochs, echo=click.echo)
-    except CvprepError as exc:
-        raise click.ClickException(str(exc)) from None
+    run_demo(out, source, epochs, echo=click.echo)

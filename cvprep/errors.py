@@ -12,6 +12,13 @@ class CvprepError(Exception):
     """Base class of every error cvprep raises on purpose."""
 
 
+class ParameterError(CvprepError, ValueError):
+    """A bad argument of a cvprep function (the CLI reports it as a usage error, exit 2).
+
+    A ``ValueError``, so ``except ValueError`` keeps working for callers.
+    """
+
+
 class ImageError(CvprepError):
     """An image file (or byte string) that cvprep refuses to load.
 

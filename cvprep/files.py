@@ -1,10 +1,18 @@
-"""Finding image files in dataset trees, and the names cvprep writes there."""
+"""Finding image files in dataset trees, and the names cvprep writes there.
+
+Trees are walked with symbolic links followed (a dataset is often assembled from links such
+as ``data/cat -> /mnt/photos/cat``). A link that leads back to one of its own ancestors would
+be followed forever: it is reported as a problem instead, like an unreadable folder.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from cvprep.errors import CvprepError, ParameterError
 
 # Operating-system clutter: never an image, never a reject.
 IGNORED_NAMES = frozenset(
@@ -20,7 +28,39 @@ IGNORED_NAMES = frozenset(
     }
 )
 # Files cvprep itself writes at the top of an output folder.
-ARTEFACT_NAMES = frozenset({"cvprep.json", "manifest.csv", "rejected.csv", "verify-report.csv"})
+ARTEFACT_NAMES = frozenset(
+    {"cvprep.json", "manifest.csv", "rejected.csv", "verify-report.csv", "findings.csv"}
+)
+
+
+class EmptyTreeError(CvprepError):
+    """A folder that holds no candidate files (every tree command refuses it)."""
+
+    def __init__(self, folder: str | os.PathLike[str], what: str = "no image files") -> None:
+        self.folder = os.fspath(folder)
+        super().__init__(f"{self.folder}: {what} found")
+
+
+@dataclass(frozen=True)
+class TreeProblem:
+    """A part of a tree that could not be listed: a symlink loop or an unreadable folder."""
+
+    path: str  # relative to the root
+    kind: str  # "symlink_loop" or "unreadable"
+    reason: str
+
+
+@dataclass
+class Tree:
+    """The candidate files of a folder (relative paths, sorted) and what could not be listed."""
+
+    root: Path
+    files: list[Path] = field(default_factory=list)
+    problems: list[TreeProblem] = field(default_factory=list)
+
+    def in_classes(self) -> list[Path]:
+        """The files inside class subfolders (top-level files belong to no class)."""
+        return [path for path in self.files if class_of(path) is not None]
 
 
 def is_ignored(name: str) -> bool:
@@ -28,18 +68,55 @@ def is_ignored(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_NAMES
 
 
-def iter_files(root: Path) -> Iterator[Path]:
-    """Every candidate file under ``root``, relative to it, in a stable (sorted) order.
+def list_tree(root: str | os.PathLike[str]) -> Tree:
+    """Every candidate file under ``root`` in a stable (sorted) order, links followed.
 
-    Hidden files and folders are skipped; so are cvprep's own files at the top level.
+    Hidden files and folders are skipped, and so are cvprep's own files at the top level.
     """
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not is_ignored(d))
-        relative_dir = Path(directory).relative_to(root)
-        for name in sorted(files):
-            if is_ignored(name) or (relative_dir == Path(".") and name in ARTEFACT_NAMES):
-                continue
-            yield relative_dir / name
+    tree = Tree(Path(root))
+    _walk(tree, Path(root), Path("."), ancestors=frozenset())
+    return tree
+
+
+def _walk(
+    tree: Tree, directory: Path, relative: Path, ancestors: frozenset[tuple[int, int]]
+) -> None:
+    try:
+        info = directory.stat()
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError as exc:
+        tree.problems.append(
+            TreeProblem(str(relative), "unreadable", f"cannot list folder ({exc.strerror})")
+        )
+        return
+    identity = (info.st_dev, info.st_ino)
+    if identity in ancestors:
+        tree.problems.append(
+            TreeProblem(
+                str(relative),
+                "symlink_loop",
+                f"symbolic link to its own ancestor {os.path.realpath(directory)} (not followed)",
+            )
+        )
+        return
+    inside = ancestors | {identity}
+    for entry in entries:
+        if is_ignored(entry.name):
+            continue
+        child = relative / entry.name
+        try:
+            is_dir = entry.is_dir()  # follows links
+        except OSError:
+            is_dir = False
+        if is_dir:
+            _walk(tree, directory / entry.name, child, inside)
+        elif not (relative == Path(".") and entry.name in ARTEFACT_NAMES):
+            tree.files.append(child)  # a broken link is listed: reading it reports why
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    """The candidate files under ``root``, relative to it (see :func:`list_tree`)."""
+    yield from list_tree(root).files
 
 
 def class_of(relative: Path) -> str | None:
@@ -52,6 +129,6 @@ def check_separate(source: Path, destination: Path) -> None:
     back as input, or the input would be overwritten."""
     src, dst = source.resolve(), destination.resolve()
     if dst == src or src in dst.parents:
-        raise ValueError(f"the output folder {destination} is inside the input folder {source}")
+        raise ParameterError(f"the output folder {destination} is inside the input folder {source}")
     if dst in src.parents:
-        raise ValueError(f"the input folder {source} is inside the output folder {destination}")
+        raise ParameterError(f"the input folder {source} is inside the output folder {destination}")

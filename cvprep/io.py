@@ -170,18 +170,13 @@ def _sniff(data: bytes) -> str | None:
 
 def _read_header(name: str, data: bytes, max_pixels: int | None) -> _Header:
     fmt = _sniff(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            pil = Image.open(io.BytesIO(data))
-        orientation = int(pil.getexif().get(0x0112, 1) or 1)
-        has_alpha = "A" in pil.getbands() or "transparency" in pil.info
-        header = _Header(fmt or pil.format, pil.size, pil.mode, orientation, has_alpha)
-    except Image.DecompressionBombError as exc:
-        raise ImageError(name, "too_large", f"image is far too large to decode ({exc})") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        # Pillow does not know every format OpenCV decodes: let the decoder have the last word.
-        header = _Header(fmt, None, None, 1, False)
+    size = _jpeg_size(data) if fmt == "jpeg" else None
+    if size is not None:
+        # A JPEG has no alpha and OpenCV applies its EXIF orientation: the size (for the
+        # pixel limit) is all that is needed, and reading it here is cheaper than Pillow.
+        header = _Header(fmt, size, None, 1, False)
+    else:
+        header = _pillow_header(name, data, fmt)
     if header.size is not None and max_pixels is not None:
         width, height = header.size
         if width * height > max_pixels:
@@ -196,6 +191,49 @@ def _read_header(name: str, data: bytes, max_pixels: int | None) -> _Header:
     if header.format == "png" and b"IEND" not in data[-64:]:
         raise ImageError(name, "truncated", "PNG data is truncated (no IEND chunk)")
     return header
+
+
+def _pillow_header(name: str, data: bytes, fmt: str | None) -> _Header:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil = Image.open(io.BytesIO(data))
+        orientation = int(pil.getexif().get(0x0112, 1) or 1)
+        has_alpha = "A" in pil.getbands() or "transparency" in pil.info
+        return _Header(fmt or pil.format, pil.size, pil.mode, orientation, has_alpha)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, "too_large", f"image is far too large to decode ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        # Pillow does not know every format OpenCV decodes: let the decoder have the last word.
+        return _Header(fmt, None, None, 1, False)
+
+
+# Start-of-frame markers (baseline, progressive, lossless, ...), not DHT/JPG/DAC (C4, C8, CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment, or None when the markers are not
+    the plain sequence expected (the caller then asks Pillow)."""
+    offset, end = 2, min(len(data), 1 << 20)
+    while offset + 9 <= end:
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in _JPEG_SOF:
+            height = int.from_bytes(data[offset + 5 : offset + 7], "big")
+            width = int.from_bytes(data[offset + 7 : offset + 9], "big")
+            return (width, height) if width and height else None
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            offset += 2
+            continue
+        if marker == 0xDA:  # start of scan before any frame header: not a plain JPEG
+            return None
+        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return None
 
 
 def _jpeg_is_truncated(data: bytes) -> bool:
@@ -248,7 +286,7 @@ def _to_rgb(
     image: np.ndarray, header: _Header, *, alpha: str, background: tuple[int, int, int]
 ) -> ImageArray:
     if image.dtype != np.uint8:
-        image = _to_uint8(image)
+        image = _rescale_depth(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:
@@ -263,7 +301,11 @@ def _to_rgb(
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _to_uint8(image: np.ndarray) -> ImageArray:
+def _rescale_depth(image: np.ndarray) -> ImageArray:
+    """A decoded image of another bit depth, rescaled to 8 bits by its format's full range.
+
+    (Not :func:`cvprep.ops.to_uint8`, which takes float values already in [0, 255].)
+    """
     if image.dtype == np.uint16:
         # 65535 -> 255 with rounding: the same scale as dividing by 257.
         return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)

@@ -92,14 +92,36 @@ def check_size(size: object, name: str = "size") -> tuple[int, int]:
 
 
 def check_fill(fill: object) -> tuple[float, ...]:
-    """Normalise a fill value (one number, or one per channel) to a tuple of floats."""
+    """Normalise a fill value (one number, or 3 or 4 per channel: RGB, RGBA) to floats."""
     values = fill if isinstance(fill, tuple | list) else (fill,)
-    if not 1 <= len(values) <= 4 or not all(
+    if len(values) not in (1, 3, 4) or not all(
         isinstance(v, int | float | np.number) and not isinstance(v, bool) and 0 <= v <= 255
         for v in values
     ):
-        raise _fail("fill", "a number in [0, 255] or one per channel", fill)
+        raise _fail("fill", "a number in [0, 255], or 3 (RGB) or 4 (RGBA) of them", fill)
     return tuple(float(v) for v in values)
+
+
+def fill_for_channels(fill: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """The fill value of each channel of an image with ``channels`` channels.
+
+    One number fills every channel. An RGB colour fills a single-channel image with its gray
+    value (the same luma as :func:`to_grayscale`) and an RGBA image opaquely. Shared by the
+    operations and the Keras layers, so both pad with the same values.
+    """
+    if len(fill) == 1:
+        return fill * channels
+    if len(fill) == channels:
+        return fill
+    if len(fill) == 3 and channels == 1:
+        red, green, blue = fill
+        return (float(round(0.299 * red + 0.587 * green + 0.114 * blue)),)
+    if len(fill) == 3 and channels == 4:
+        return (*fill, 255.0)
+    raise ValueError(
+        f"`fill` should have 1 or {channels} values for a {channels}-channel image. "
+        f"Received: fill={fill}"
+    )
 
 
 def check_resize(
@@ -233,25 +255,32 @@ def _is_colour(image: np.ndarray) -> bool:
     return image.ndim == 3 and image.shape[2] >= 3
 
 
-def _border_value(fill: tuple[float, ...], channels: int) -> tuple[float, ...]:
-    return fill * channels if len(fill) == 1 else fill
-
-
 # --------------------------------------------------------------------------- operations
-def fitted_size(height: int, width: int, size: tuple[int, int], fit: str) -> tuple[int, int]:
+def fitted_size(
+    height: Any, width: Any, size: tuple[int, int], fit: str, *, xp: Any = None
+) -> tuple[Any, Any]:
     """Size the image is scaled to before padding (``fit="pad"``) or cropping (``"crop"``).
 
-    Integer arithmetic, so the Keras layer and this function always agree.
+    Integer arithmetic, so that the Keras layer, which calls this with tensors and its
+    backend's array namespace ``xp`` (``keras.ops``-like: ``where``, ``maximum``,
+    ``logical_not``) for dynamic shapes, always agrees with :func:`resize`.
     """
     target_h, target_w = size
     if fit == "stretch":
         return target_h, target_w
     height_binds = target_h * width <= target_w * height  # target_h/height <= target_w/width
+    fitted_w = (2 * width * target_h + height) // (2 * height)
+    fitted_h = (2 * height * target_w + width) // (2 * width)
+    if xp is None:
+        if fit == "crop":
+            height_binds = not height_binds
+        return (target_h, max(1, fitted_w)) if height_binds else (max(1, fitted_h), target_w)
     if fit == "crop":
-        height_binds = not height_binds
-    if height_binds:
-        return target_h, max(1, (2 * width * target_h + height) // (2 * height))
-    return max(1, (2 * height * target_w + width) // (2 * width)), target_w
+        height_binds = xp.logical_not(height_binds)
+    return (
+        xp.where(height_binds, target_h, xp.maximum(1, fitted_h)),
+        xp.where(height_binds, xp.maximum(1, fitted_w), target_w),
+    )
 
 
 def resize(
@@ -302,7 +331,7 @@ def resize(
                 left,
                 target_w - new_w - left,
                 cv2.BORDER_CONSTANT,
-                value=_border_value(p["fill"], channels),
+                value=fill_for_channels(p["fill"], channels),
             ),
             array,
         )
@@ -419,6 +448,18 @@ def canny(
     )
 
 
+def expanded_size(height: Any, width: Any, angle: float, *, xp: Any = None) -> tuple[Any, Any]:
+    """Canvas ``(height, width)`` that holds an image rotated by ``angle`` (``expand=True``).
+
+    Python ints for ints; with an array namespace ``xp`` (the Keras layer, dynamic shapes),
+    float tensors holding whole numbers for float tensors.
+    """
+    radians = math.radians(angle)
+    cos, sin = abs(math.cos(radians)), abs(math.sin(radians))
+    floor = math.floor if xp is None else xp.floor
+    return floor(height * cos + width * sin + 0.5), floor(height * sin + width * cos + 0.5)
+
+
 def rotation_matrix(
     height: int, width: int, angle: float, *, expand: bool
 ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -427,9 +468,7 @@ def rotation_matrix(
     matrix = cv2.getRotationMatrix2D(center, angle, 1.0)
     if not expand:
         return matrix, (height, width)
-    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
-    new_w = math.floor(height * sin + width * cos + 0.5)
-    new_h = math.floor(height * cos + width * sin + 0.5)
+    new_h, new_w = expanded_size(height, width, angle)
     matrix[0, 2] += (new_w - 1) / 2.0 - center[0]
     matrix[1, 2] += (new_h - 1) / 2.0 - center[1]
     return matrix, (new_h, new_w)
@@ -462,7 +501,7 @@ def rotate(
             (out_w, out_h),
             flags=INTERPOLATIONS[p["interpolation"]],
             borderMode=BORDERS[p["border"]],
-            borderValue=_border_value(p["fill"], channels),
+            borderValue=fill_for_channels(p["fill"], channels),
         ),
         array,
     )

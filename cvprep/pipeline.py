@@ -251,16 +251,29 @@ class Step:
 
 
 def make_step(name: str, **params: Any) -> Step:
-    """Validate ``params`` with the operation's own check and return a :class:`Step`."""
+    """Validate ``params`` with the operation's own check and return a :class:`Step`.
+
+    Parameters are bound by name: ``make_step("canny", high=150)`` keeps the default ``low``.
+    """
     if name not in OPERATIONS:
         raise SpecError(f"unknown operation {name!r}; known: {', '.join(OPERATIONS)}")
     op = OPERATIONS[name]
-    positional = [params.pop(p.name) for p in op.positional if p.name in params]
-    try:
-        normalised = op.check(*positional, **params)
-    except TypeError:
-        raise SpecError(f"{name}: missing or unknown parameter; syntax: {op.syntax()}") from None
-    return Step(name, normalised)
+    known = {p.name for p in op.params}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise SpecError(
+            f"{name} has no parameter {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join(sorted(known)) or 'none'} (syntax: {op.syntax()})"
+        )
+    signature = inspect.signature(op.check).parameters
+    missing = [
+        p.name
+        for p in op.positional
+        if p.name not in params and signature[p.name].default is inspect.Parameter.empty
+    ]
+    if missing:
+        raise SpecError(f"{name}: missing {', '.join(missing)} (syntax: {op.syntax()})")
+    return Step(name, op.check(**params))
 
 
 def _parse_step(text: str) -> Step:

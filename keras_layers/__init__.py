@@ -6,10 +6,15 @@ and JAX backends, and saves, loads and exports. Parameters are validated by the 
 as :mod:`cvprep.ops`.
 """
 
-from cvprep.keras_layers.color import CLAHE, Grayscale, HistogramEqualization
+from cvprep.keras_layers.color import (
+    CLAHE,
+    Grayscale,
+    HistogramEqualization,
+    RandomBrightnessContrast,
+)
 from cvprep.keras_layers.edges import CannyEdges
 from cvprep.keras_layers.filters import GaussianBlur, MedianBlur, RandomGaussianBlur
-from cvprep.keras_layers.geometry import RandomRotation, Resize, Rotate
+from cvprep.keras_layers.geometry import RandomAffine, RandomRotation, Resize, Rotate
 from cvprep.keras_layers.normalize import InputScaling
 
 __all__ = [
@@ -20,6 +25,8 @@ __all__ = [
     "HistogramEqualization",
     "InputScaling",
     "MedianBlur",
+    "RandomAffine",
+    "RandomBrightnessContrast",
     "RandomGaussianBlur",
     "RandomRotation",
     "Resize",

@@ -160,16 +160,30 @@ def seed_generator(seed: int | None) -> Any:
     return keras.random.SeedGenerator(seed)
 
 
-def check_range(name: str, value: Any, *, minimum: float | None = None) -> tuple[float, float]:
+def check_range(
+    name: str,
+    value: Any,
+    *,
+    around: float = 0.0,
+    minimum: float | None = None,
+    one_sided: bool = False,
+) -> tuple[float, float]:
+    """A ``(low, high)`` pair, or one number ``v`` meaning ``around ± |v|`` (Keras' ``factor``
+    convention: ``RandomRotation(10)`` and ``RandomRotation(-10)`` are both ±10°), or
+    ``(minimum, v)`` when ``one_sided``."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        value = (minimum if minimum is not None else -abs(value), value)
+        if one_sided:
+            value = (minimum if minimum is not None else 0.0, value)
+        else:
+            value = (around - abs(value), around + abs(value))
     if not isinstance(value, tuple | list) or len(value) != 2:
-        raise ValueError(f"`{name}` should be a (low, high) pair. Received: {name}={value!r}")
+        raise ValueError(
+            f"`{name}` should be a number or a (low, high) pair. Received: {name}={value!r}"
+        )
     low, high = (float(v) for v in value)
     if low > high or (minimum is not None and low < minimum):
-        raise ValueError(
-            f"`{name}` should satisfy {minimum} <= low <= high. Received: {name}={value!r}"
-        )
+        bound = f"{minimum} <= " if minimum is not None else ""
+        raise ValueError(f"`{name}` should satisfy {bound}low <= high. Received: {name}={value!r}")
     return low, high
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from cvprep import ops
-from cvprep.keras_layers.base import ImageLayer, dims, luma_fixed_point, pad_index, register
+from cvprep.keras_layers.base import (
+    ImageLayer,
+    RandomImageLayer,
+    check_range,
+    dims,
+    luma_fixed_point,
+    pad_index,
+    register,
+)
 
 _BINS = 256
 
@@ -231,3 +239,39 @@ def _tile_coords(b: Any, size: Any, tile: Any, tiles: int) -> tuple[Any, Any, An
     weight = position - first
     first = b.cast(first, "int32")
     return (b.numpy.maximum(first, 0), b.numpy.minimum(first + 1, tiles - 1), weight)
+
+
+@register
+class RandomBrightnessContrast(RandomImageLayer):
+    """Random brightness and contrast per image, with torchvision's ``ColorJitter`` rules (as
+    albumentations' ``ColorJitter``, used by ``cvprep augment``): pixels × a brightness factor,
+    then a blend with the image's mean gray by a contrast factor, clipped to [0, 255].
+
+    ``brightness`` and ``contrast``: ``f`` for factors in ``[1 - f, 1 + f]``, or ``(low, high)``.
+    Active only with ``training=True``.
+    """
+
+    def __init__(
+        self, brightness: Any = 0.2, contrast: Any = 0.2, seed: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self.brightness = check_range("brightness", brightness, around=1.0, minimum=0.0)
+        self.contrast = check_range("contrast", contrast, around=1.0, minimum=0.0)
+
+    def transform(self, images: Any) -> Any:
+        b = self.backend
+        shape = (b.shape(images)[0], 1, 1, 1)
+        seed = self._get_seed_generator(b._backend)
+        brightness = b.random.uniform(shape, *self.brightness, seed=seed)
+        contrast = b.random.uniform(shape, *self.contrast, seed=seed)
+        images = b.numpy.clip(images * brightness, 0.0, 255.0)
+        gray = images if images.shape[-1] == 1 else luma_fixed_point(b, images[..., :3])
+        mean = b.numpy.mean(gray, axis=(1, 2, 3), keepdims=True)
+        return b.numpy.clip((images - mean) * contrast + mean, 0.0, 255.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "brightness": list(self.brightness),
+            "contrast": list(self.contrast),
+        }

@@ -64,7 +64,7 @@ class RandomGaussianBlur(RandomImageLayer):
         **kwargs: Any,
     ) -> None:
         super().__init__(seed=seed, **kwargs)
-        low, high = check_range("sigma_range", sigma_range, minimum=0.0)
+        low, high = check_range("sigma_range", sigma_range, minimum=0.0, one_sided=True)
         if high <= 0:
             raise ValueError(
                 f"`sigma_range` should have a positive upper bound. "

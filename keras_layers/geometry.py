@@ -17,6 +17,7 @@ from cvprep.keras_layers.base import (
     border_index,
     check_range,
     dims,
+    pad_index,
     register,
 )
 
@@ -150,25 +151,13 @@ class Resize(ImageLayer):
         inside_rows = b.cast((rows >= 0) & (rows < _as_float(b, content_h)), "float32")
         inside_cols = b.cast((cols >= 0) & (cols < _as_float(b, content_w)), "float32")
         inside = (inside_rows[:, None] * inside_cols[None, :])[None, :, :, None]
-        fill = b.convert_to_tensor(_fill_list(self.fill, images.shape[-1]), "float32")
+        fill = b.convert_to_tensor(ops.fill_for_channels(self.fill, images.shape[-1]), "float32")
         return out * inside + fill * (1.0 - inside)
 
     def _content_size(self, height: Any, width: Any) -> tuple[Any, Any]:
-        """:func:`cvprep.ops.fitted_size` with backend integer ops for dynamic sizes."""
-        if isinstance(height, int) and isinstance(width, int):
-            return ops.fitted_size(height, width, self.size, self.fit)
-        b = self.backend
-        target_h, target_w = self.size
-        if self.fit == "stretch":
-            return target_h, target_w
-        height_binds = target_h * width <= target_w * height
-        if self.fit == "crop":
-            height_binds = b.numpy.logical_not(height_binds)
-        fitted_w = b.numpy.maximum(1, (2 * width * target_h + height) // (2 * height))
-        fitted_h = b.numpy.maximum(1, (2 * height * target_w + width) // (2 * width))
-        return (
-            b.numpy.where(height_binds, target_h, fitted_h),
-            b.numpy.where(height_binds, fitted_w, target_w),
+        static = isinstance(height, int) and isinstance(width, int)
+        return ops.fitted_size(
+            height, width, self.size, self.fit, xp=None if static else self.backend.numpy
         )
 
     def output_hwc(self, height: Any, width: Any, channels: Any) -> tuple[Any, Any, Any]:
@@ -253,14 +242,9 @@ def rotation_inverse(
 
 def _expanded_size(b: Any, height: Any, width: Any, angle: float) -> tuple[Any, Any]:
     if isinstance(height, int) and isinstance(width, int):
-        return ops.rotation_matrix(height, width, angle, expand=True)[1]
-    radians = math.radians(angle)
-    cos, sin = abs(math.cos(radians)), abs(math.sin(radians))
-    h, w = _as_float(b, height), _as_float(b, width)
-    return (
-        b.cast(b.numpy.floor(h * cos + w * sin + 0.5), "int32"),
-        b.cast(b.numpy.floor(h * sin + w * cos + 0.5), "int32"),
-    )
+        return ops.expanded_size(height, width, angle)
+    new_h, new_w = ops.expanded_size(_as_float(b, height), _as_float(b, width), angle, xp=b.numpy)
+    return b.cast(new_h, "int32"), b.cast(new_w, "int32")
 
 
 @register
@@ -301,7 +285,7 @@ class Rotate(ImageLayer):
             return height, width, channels
         if height is None or width is None:
             return None, None, channels
-        return (*ops.rotation_matrix(height, width, self.angle, expand=True)[1], channels)
+        return (*ops.expanded_size(height, width, self.angle), channels)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -314,25 +298,98 @@ class Rotate(ImageLayer):
         }
 
 
-@register
-class RandomRotation(RandomImageLayer):
-    """Rotate each image by a random angle in ``angle_range`` degrees (size kept).
+def affine_inverse(
+    b: Any, angle: Any, scale: Any, shift_x: Any, shift_y: Any, height: Any, width: Any
+) -> Any:
+    """B×6 inverse maps of ``cv2.getRotationMatrix2D(centre, angle, scale)`` followed by a shift
+    of ``(shift_x, shift_y)`` pixels (one value of each per image), output → source."""
+    radians = angle * (math.pi / 180.0)
+    cos, sin = b.numpy.cos(radians) / scale, b.numpy.sin(radians) / scale
+    cx, cy = (_as_float(b, width) - 1) / 2, (_as_float(b, height) - 1) / 2
+    # source = R⁻¹ (output - centre - shift) / scale + centre
+    tx, ty = cx + shift_x, cy + shift_y
+    return b.numpy.stack(
+        [cos, -sin, cx - cos * tx + sin * ty, sin, cos, cy - sin * tx - cos * ty], axis=1
+    )
 
-    Active only when called with ``training=True``: inference, ``predict`` and exported
-    models pass images through unchanged.
+
+# Border modes the TensorFlow kernel implements exactly as OpenCV (checked in the tests).
+_TF_FILL_MODES = {"constant": "CONSTANT", "replicate": "NEAREST", "reflect": "REFLECT"}
+
+
+def sample_affine(
+    b: Any,
+    images: Any,
+    inverse: Any,
+    *,
+    interpolation: str,
+    border: str,
+    fill: list[float],
+) -> Any:
+    """``cv2.warpAffine`` of each image with its inverse map (B×6), output size = input size.
+
+    On TensorFlow (also inside ``tf.data``) this is one ``ImageProjectiveTransformV3`` call,
+    the kernel behind Keras' ``RandomRotation``; borders it lacks (reflect101, wrap) are padded
+    first with OpenCV's rule. Other backends use the exact gather implementation.
     """
+    height, width = dims(b, images)
+    if b.name != "tensorflow":
+        return _warp(
+            b, images, inverse, height, width, interpolation=interpolation, border=border, fill=fill
+        )
+    import tensorflow as tf
+
+    mode = _TF_FILL_MODES.get(border)
+    if mode is None:
+        images, inverse = _pad_for(b, images, inverse, height, width, border)
+        mode = "CONSTANT"
+    fill_value = tf.constant(fill, tf.float32)
+    constant = mode == "CONSTANT" and any(fill)
+    # The kernel takes one fill value: sampling (image - fill) with 0 outside, then adding
+    # fill back, gives OpenCV's per-channel constant border exactly (interpolation is linear).
+    source = images - fill_value if constant else images
+    transforms = tf.concat([tf.cast(inverse, tf.float32), tf.zeros_like(inverse[:, :2])], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=source,
+        transforms=transforms,
+        output_shape=tf.stack([height, width]),
+        fill_value=0.0,
+        interpolation="NEAREST" if interpolation == "nearest" else "BILINEAR",
+        fill_mode=mode,
+    )
+    return out + fill_value if constant else out
+
+
+def _pad_for(b: Any, images: Any, inverse: Any, height: Any, width: Any, border: str) -> Any:
+    """Pad every image by the farthest any output pixel reaches outside it (plus one for
+    interpolation), following ``border``; shift the maps to the padded images."""
+    h, w = _as_float(b, height) - 1.0, _as_float(b, width) - 1.0
+    corners_x = b.numpy.stack([b.numpy.zeros_like(h), w, b.numpy.zeros_like(h), w])
+    corners_y = b.numpy.stack([b.numpy.zeros_like(h), b.numpy.zeros_like(h), h, h])
+    src_x = inverse[:, 0:1] * corners_x + inverse[:, 1:2] * corners_y + inverse[:, 2:3]
+    src_y = inverse[:, 3:4] * corners_x + inverse[:, 4:5] * corners_y + inverse[:, 5:6]
+    reach_x = b.numpy.maximum(-b.numpy.min(src_x), b.numpy.max(src_x) - w)
+    reach_y = b.numpy.maximum(-b.numpy.min(src_y), b.numpy.max(src_y) - h)
+    pad_x = b.cast(b.numpy.ceil(b.numpy.maximum(reach_x, 0.0)), "int32") + 1
+    pad_y = b.cast(b.numpy.ceil(b.numpy.maximum(reach_y, 0.0)), "int32") + 1
+    padded = b.numpy.take(images, pad_index(b, height, pad_y, pad_y, border), axis=1)
+    padded = b.numpy.take(padded, pad_index(b, width, pad_x, pad_x, border), axis=2)
+    shift = b.numpy.stack([0.0, 0.0, _as_float(b, pad_x), 0.0, 0.0, _as_float(b, pad_y)])
+    return padded, inverse + shift[None, :]
+
+
+class _RandomWarp(RandomImageLayer):
+    """Shared by the random geometric layers: sampling settings and the warp itself."""
 
     def __init__(
         self,
-        angle_range: Any = (-15.0, 15.0),
         interpolation: str = "linear",
-        border: str = "reflect101",
+        border: str = "reflect",
         fill: Any = 0,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(seed=seed, **kwargs)
-        self.angle_range = check_range("angle_range", angle_range)
         params = ops.check_rotate(0.0, interpolation=interpolation, border=border, fill=fill)
         self.interpolation, self.border, self.fill = (
             params["interpolation"],
@@ -340,25 +397,113 @@ class RandomRotation(RandomImageLayer):
             params["fill"],
         )
 
-    def transform(self, images: Any) -> Any:
+    def _uniform(self, batch: Any, low: float, high: float) -> Any:
         b = self.backend
-        height, width = dims(b, images)
-        low, high = self.angle_range
-        angles = b.random.uniform(
-            (b.shape(images)[0],),
-            minval=low,
-            maxval=high,
-            seed=self._get_seed_generator(b._backend),
+        if low == high:
+            return b.numpy.full((batch,), low, dtype="float32")
+        seed = self._get_seed_generator(b._backend)
+        return b.random.uniform((batch,), minval=low, maxval=high, seed=seed)
+
+    def _sample(self, images: Any, inverse: Any) -> Any:
+        fill = ops.fill_for_channels(self.fill, images.shape[-1])
+        return sample_affine(
+            self.backend,
+            images,
+            inverse,
+            interpolation=self.interpolation,
+            border=self.border,
+            fill=list(fill),
         )
-        return _rotate(b, images, angles, height, width, self)
 
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
-            "angle_range": list(self.angle_range),
             "interpolation": self.interpolation,
             "border": self.border,
             "fill": list(self.fill),
+        }
+
+
+@register
+class RandomRotation(_RandomWarp):
+    """Rotate each image by a random angle (degrees, counter-clockwise) about its centre,
+    size kept, like ``cvprep.ops.rotate`` at that angle.
+
+    ``angle_range`` is ``(low, high)``, or one number ``a`` for ``(-|a|, |a|)`` as Keras'
+    ``RandomRotation(factor)``. Borders reflect by default (Keras' default too). Active only
+    when called with ``training=True``: inference, ``predict`` and exported models pass images
+    through unchanged.
+    """
+
+    def __init__(
+        self,
+        angle_range: Any = (-15.0, 15.0),
+        interpolation: str = "linear",
+        border: str = "reflect",
+        fill: Any = 0,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(interpolation, border, fill, seed, **kwargs)
+        self.angle_range = check_range("angle_range", angle_range)
+
+    def transform(self, images: Any) -> Any:
+        b = self.backend
+        height, width = dims(b, images)
+        batch = b.shape(images)[0]
+        angles = self._uniform(batch, *self.angle_range)
+        ones = b.numpy.ones_like(angles)
+        zeros = b.numpy.zeros_like(angles)
+        return self._sample(images, affine_inverse(b, angles, ones, zeros, zeros, height, width))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "angle_range": list(self.angle_range)}
+
+
+@register
+class RandomAffine(_RandomWarp):
+    """A random rotation, zoom and shift per image in one warp (one sampling pass instead of
+    three), like ``cv2.warpAffine`` with ``cv2.getRotationMatrix2D(centre, angle, scale)``
+    plus a shift.
+
+    ``rotation``: degrees, one number ``r`` for ``±r`` or ``(low, high)``. ``zoom``: scale
+    factor, ``z`` for ``[1 - z, 1 + z]`` or ``(low, high)``. ``shift``: fraction of the width and
+    height, ``s`` for ``±s`` or ``(low, high)``. Active only with ``training=True``.
+    """
+
+    def __init__(
+        self,
+        rotation: Any = 15.0,
+        zoom: Any = 0.1,
+        shift: Any = 0.1,
+        interpolation: str = "linear",
+        border: str = "reflect",
+        fill: Any = 0,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(interpolation, border, fill, seed, **kwargs)
+        self.rotation = check_range("rotation", rotation)
+        self.zoom = check_range("zoom", zoom, around=1.0, minimum=1e-3)
+        self.shift = check_range("shift", shift)
+
+    def transform(self, images: Any) -> Any:
+        b = self.backend
+        height, width = dims(b, images)
+        batch = b.shape(images)[0]
+        angles = self._uniform(batch, *self.rotation)
+        scales = self._uniform(batch, *self.zoom)
+        shift_x = self._uniform(batch, *self.shift) * _as_float(b, width)
+        shift_y = self._uniform(batch, *self.shift) * _as_float(b, height)
+        inverse = affine_inverse(b, angles, scales, shift_x, shift_y, height, width)
+        return self._sample(images, inverse)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "rotation": list(self.rotation),
+            "zoom": list(self.zoom),
+            "shift": list(self.shift),
         }
 
 
@@ -375,9 +520,5 @@ def _rotate(b: Any, images: Any, angles: Any, out_h: Any, out_w: Any, layer: Any
         out_w,
         interpolation=layer.interpolation,
         border=layer.border,
-        fill=_fill_list(layer.fill, images.shape[-1]),
+        fill=list(ops.fill_for_channels(layer.fill, images.shape[-1])),
     )
-
-
-def _fill_list(fill: tuple[float, ...], channels: int) -> list[float]:
-    return list(fill) * channels if len(fill) == 1 else list(fill)

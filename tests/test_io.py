@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 import cvprep
 from cvprep import ImageError
@@ -174,3 +177,20 @@ def test_failed_write_leaves_old_file_intact(tmp_path, photo, monkeypatch):
         cvprep.write_image(path, photo[:10])
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+def test_jpeg_size_from_the_header_agrees_with_pillow():
+    from cvprep.io import _jpeg_size
+
+    photo = load_photo("coffee")[:150, :210]
+    variants = {
+        "plain": jpeg_bytes(photo),
+        "progressive": jpeg_bytes(photo, progressive=True),
+        "exif": exif_rotated_jpeg(photo, 6),
+        "cmyk": cmyk_jpeg(photo),
+        "gray": jpeg_bytes(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)),
+    }
+    for name, data in variants.items():
+        assert _jpeg_size(data) == Image.open(io.BytesIO(data)).size == (210, 150), name
+    assert _jpeg_size(b"\xff\xd8\xff\xda" + b"\x00" * 20) is None  # not plain: Pillow decides
+    assert _jpeg_size(b"\xff\xd8" + b"\x00" * 20) is None

@@ -15,7 +15,7 @@ from itertools import combinations
 import cv2
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix  # scipy: a declared dependency
 from scipy.sparse.csgraph import connected_components
 
 CHUNKS = 4

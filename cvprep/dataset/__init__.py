@@ -1,0 +1,48 @@
+"""Dataset jobs as Python functions: the same work as ``cvprep verify/split/preprocess/augment``.
+
+Every function takes keyword arguments that mirror the command's options and returns a small
+result object (counts per class, rejected files with reasons, the output path) that the CLI
+renders as tables or JSON. Nothing here imports Click.
+
+>>> from cvprep.dataset import make_shapes_dataset, preprocess, split, verify
+>>> photos = make_shapes_dataset(tmp / "photos", per_class=10)
+>>> verify(photos, workers=0).ok
+True
+>>> split(photos, tmp / "data", seed=1, workers=0).rows["angular"]
+{'train': 8, 'val': 1, 'test': 1, 'rejected': 0, 'excluded': 0}
+>>> preprocess(tmp / "data", tmp / "prepped", "resize=32x32,equalize", workers=0).summary.total
+{'ok': 20, 'skipped': 0, 'rejected': 0}
+"""
+
+from cvprep.dataset.augment import AugmentResult, augment
+from cvprep.dataset.engines import ENGINES, Engine, LocalEngine, RayEngine, make_engine
+from cvprep.dataset.output import OutputBusyError, SettingsMismatchError
+from cvprep.dataset.preprocess import PreprocessResult, preprocess
+from cvprep.dataset.results import FileResult, Progress, Summary
+from cvprep.dataset.split import SplitResult, split
+from cvprep.dataset.synthetic import make_shapes_dataset
+from cvprep.dataset.verify import VerifyResult, verify
+from cvprep.files import EmptyTreeError
+
+__all__ = [
+    "ENGINES",
+    "AugmentResult",
+    "EmptyTreeError",
+    "Engine",
+    "FileResult",
+    "LocalEngine",
+    "OutputBusyError",
+    "PreprocessResult",
+    "Progress",
+    "RayEngine",
+    "SettingsMismatchError",
+    "SplitResult",
+    "Summary",
+    "VerifyResult",
+    "augment",
+    "make_engine",
+    "make_shapes_dataset",
+    "preprocess",
+    "split",
+    "verify",
+]

@@ -1,0 +1,299 @@
+"""``preprocess``: apply a pipeline to every image of a tree, writing the same tree elsewhere."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.output import (
+    check_record,
+    output_lock,
+    read_record,
+    remove_partial_writes,
+    write_record,
+)
+from cvprep.dataset.results import FileResult, Progress, Summary, tracked, write_report
+from cvprep.errors import ImageError, ParameterError
+from cvprep.files import EmptyTreeError, check_separate, list_tree
+from cvprep.io import (
+    DEFAULT_MAX_PIXELS,
+    WRITE_FORMATS,
+    atomic_write_bytes,
+    encode_image,
+    read_image,
+)
+from cvprep.ops import to_uint8
+from cvprep.pipeline import Pipeline
+
+COMMAND = "preprocess"
+FORMATS = ("jpg", "png", "webp")
+REJECTS_FILE = "rejected.csv"
+
+
+@dataclass(frozen=True)
+class PreprocessTask:
+    source_root: str
+    output_root: str
+    relative: str
+    output_relative: str
+    spec_json: str
+    quality: int | None
+    reduce: int
+    max_pixels: int | None
+
+    @property
+    def source(self) -> str:
+        return os.path.join(self.source_root, self.relative)
+
+
+_PIPELINES: dict[str, Pipeline] = {}
+
+
+def _pipeline(spec_json: str) -> Pipeline:
+    # Parsed once per worker process, not once per image.
+    if spec_json not in _PIPELINES:
+        _PIPELINES[spec_json] = Pipeline.from_json(spec_json)
+    return _PIPELINES[spec_json]
+
+
+def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResult:
+    """Decode, process, encode and atomically write one file (``data``: already-read bytes)."""
+    target = os.path.join(task.output_root, task.output_relative)
+    if os.path.exists(target):
+        return FileResult(task.relative, "skipped", output=task.output_relative)
+    try:
+        image = read_image(
+            data if data is not None else task.source,
+            reduce=task.reduce,
+            max_pixels=task.max_pixels,
+        )
+    except ImageError as exc:
+        return FileResult(task.relative, "rejected", exc.kind, exc.reason)
+    try:
+        result = _pipeline(task.spec_json).apply(image)
+        encoded = encode_image(to_uint8(result), os.path.splitext(target)[1], quality=task.quality)
+    except (ValueError, cv2.error) as exc:
+        return FileResult(task.relative, "rejected", "unprocessable", f"pipeline failed: {exc}")
+    atomic_write_bytes(Path(target), encoded)
+    return FileResult(
+        task.relative,
+        "ok",
+        width=image.shape[1],
+        height=image.shape[0],
+        output=task.output_relative,
+    )
+
+
+def output_name(relative: Path, fmt: str | None) -> Path:
+    """The output path of an input file: same relative path, extension from ``fmt`` (or the
+    source's own if it is writable, else PNG)."""
+    if fmt:
+        return relative.with_suffix("." + fmt)
+    return relative if relative.suffix.lower() in WRITE_FORMATS else relative.with_suffix(".png")
+
+
+@dataclass
+class PreprocessResult:
+    """Counts per class (ok / skipped / rejected), the rejected files and the run record."""
+
+    source: Path
+    output: Path
+    spec: str
+    summary: Summary
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> list[FileResult]:
+        return sorted(self.summary.rejected, key=lambda r: r.path)
+
+    @property
+    def ok(self) -> bool:
+        return not self.summary.rejected
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary.to_dict(), "output": str(self.output), "spec": self.spec}
+
+
+def preprocess(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    ops: str | Pipeline,
+    *,
+    fmt: str | None = None,
+    quality: int | None = None,
+    fast_decode: int = 1,
+    overwrite: bool = False,
+    workers: int | None = None,
+    engine: str | Engine = "local",
+    ray_address: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: Progress | None = None,
+) -> PreprocessResult:
+    """Apply the pipeline ``ops`` to every image under ``source``, writing the same tree under
+    ``output``.
+
+    Writes are atomic, so an interrupted run leaves no broken file, and running it again with
+    the same settings finishes the job (finished files are skipped). The run record
+    ``output/cvprep.json`` is written before the first image: a folder made with other settings
+    is refused, whether that run finished or not, unless ``overwrite``. Only one job at a time
+    may write into ``output``. Rejected inputs are listed in ``output/rejected.csv``.
+
+    Parameters
+    ----------
+    source, output : path
+        Input and output folders (neither inside the other).
+    ops : str or Pipeline
+        The pipeline spec, e.g. ``"resize=150x150:fit=pad,equalize"``.
+    fmt : {"jpg", "png", "webp"}, optional
+        Output format (default: each file's own, PNG for formats cvprep does not write).
+    quality : int, optional
+        JPEG/WebP quality, 1–100.
+    fast_decode : {1, 2, 4, 8}
+        Decode JPEGs at 1/N size: much faster for large photos, not bit-exact.
+    overwrite : bool
+        Reprocess everything, even into an output made with other settings.
+    workers, engine, ray_address, max_pixels, progress
+        As for :func:`cvprep.dataset.verify`.
+
+    Returns
+    -------
+    PreprocessResult
+
+    Raises
+    ------
+    EmptyTreeError
+        When ``source`` holds no files.
+    SettingsMismatchError
+        When ``output`` was made with other settings (and not ``overwrite``).
+    OutputBusyError
+        When another job is writing into ``output``.
+
+    Examples
+    --------
+    >>> from cvprep.dataset import make_shapes_dataset, preprocess
+    >>> photos = make_shapes_dataset(tmp / "photos", per_class=3, size=48)
+    >>> result = preprocess(photos, tmp / "prepped", "resize=32x32,grayscale", workers=0)
+    >>> result.summary.total
+    {'ok': 6, 'skipped': 0, 'rejected': 0}
+    >>> cvprep.read_image(tmp / "prepped" / "round" / "round_000.png", mode="grayscale").shape
+    (32, 32)
+    >>> preprocess(photos, tmp / "prepped", "resize=32x32,grayscale", workers=0).summary.total
+    {'ok': 0, 'skipped': 6, 'rejected': 0}
+    """
+    root, out = Path(source), Path(output)
+    pipeline = ops if isinstance(ops, Pipeline) else Pipeline.parse(ops)
+    settings = _settings(pipeline, fmt, quality, fast_decode, max_pixels)
+    check_separate(root, out)
+    tree = list_tree(root)
+    if not tree.files and not tree.problems:
+        raise EmptyTreeError(root)
+    runner = make_engine(engine, workers=workers, ray_address=ray_address)
+    with output_lock(out, COMMAND):
+        if not overwrite:
+            check_record(out, COMMAND, settings)
+        write_record(out, COMMAND, settings, status="in progress", extra=_where(root))
+        remove_partial_writes(out)
+        tasks, collisions = _plan(tree.files, root, out, pipeline, settings)
+        if overwrite:
+            for task in tasks:
+                (out / task.output_relative).unlink(missing_ok=True)
+        summary = Summary()
+        start = time.perf_counter()
+        for result in tracked(
+            runner.map(preprocess_one, tasks), len(tasks), "preprocessing", progress
+        ):
+            summary.add(result)
+        summary.seconds = time.perf_counter() - start
+        for extra in [*collisions, *map(FileResult.from_problem, tree.problems)]:
+            summary.add(extra)
+        write_report(out / REJECTS_FILE, sorted(summary.rejected, key=lambda r: r.path))
+        record = write_record(
+            out,
+            COMMAND,
+            settings,
+            status="finished",
+            extra={
+                **_where(root),
+                "summary": {"total": summary.total, "per_class": summary.per_class},
+            },
+        )
+    return PreprocessResult(root, out, pipeline.to_text(), summary, record)
+
+
+def _settings(
+    pipeline: Pipeline,
+    fmt: str | None,
+    quality: int | None,
+    fast_decode: int,
+    max_pixels: int | None,
+) -> dict[str, Any]:
+    if fmt is not None and fmt not in FORMATS:
+        raise ParameterError(f"`fmt` should be one of {', '.join(FORMATS)}. Received: fmt={fmt!r}")
+    if quality is not None and not 1 <= quality <= 100:
+        raise ParameterError(f"`quality` should be between 1 and 100. Received: quality={quality}")
+    if fast_decode not in (1, 2, 4, 8):
+        raise ParameterError(
+            f"`fast_decode` should be 1, 2, 4 or 8. Received: fast_decode={fast_decode}"
+        )
+    return {
+        "spec": pipeline.to_text(),
+        "format": fmt,
+        "quality": quality,
+        "fast_decode": fast_decode,
+        "max_pixels": max_pixels,
+    }
+
+
+def _where(root: Path) -> dict[str, str]:
+    # Where the raw images are: training uses it to evaluate its model on raw test images.
+    return {"source": str(root.resolve())}
+
+
+def _plan(
+    files: list[Path], root: Path, out: Path, pipeline: Pipeline, settings: dict[str, Any]
+) -> tuple[list[PreprocessTask], list[FileResult]]:
+    """The work; two inputs that would write the same output are a reject, not a loss."""
+    spec_json = pipeline.to_json()
+    tasks, collisions, claimed = [], [], {}
+    for relative in files:
+        target = output_name(relative, settings["format"])
+        key = str(target).lower()  # case-insensitive file systems would collide too
+        if key in claimed:
+            collisions.append(
+                FileResult(
+                    str(relative),
+                    "rejected",
+                    "name_collision",
+                    f"output {target} is already produced from {claimed[key]}",
+                )
+            )
+            continue
+        claimed[key] = str(relative)
+        tasks.append(
+            PreprocessTask(
+                str(root),
+                str(out),
+                str(relative),
+                str(target),
+                spec_json,
+                settings["quality"],
+                settings["fast_decode"],
+                settings["max_pixels"],
+            )
+        )
+    return tasks, collisions
+
+
+def preprocessing_record(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run record of a folder written by :func:`preprocess` (``{}`` for any other folder).
+
+    Training reads the spec from it (already applied to the images) and the raw source.
+    """
+    record = read_record(Path(folder))
+    return record if record.get("command") == COMMAND else {}

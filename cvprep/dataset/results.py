@@ -1,0 +1,121 @@
+"""What dataset jobs return and report: one record per file, counts per class, progress."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cvprep.files import TreeProblem, class_of
+from cvprep.io import atomic_write_bytes
+
+STATUSES = ("ok", "skipped", "rejected")
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file."""
+
+    path: str  # relative to the input folder
+    status: str  # "ok", "skipped" (output already there) or "rejected"
+    kind: str = ""  # why it was rejected: "unreadable", "truncated", "symlink_loop", ...
+    reason: str = ""
+    width: int = 0
+    height: int = 0
+    output: str = ""
+
+    @classmethod
+    def from_problem(cls, problem: TreeProblem) -> FileResult:
+        return cls(problem.path, "rejected", problem.kind, problem.reason)
+
+
+@dataclass
+class Summary:
+    """Counts per class and the rejected files, built as results stream in."""
+
+    per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    rejected: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, result: FileResult) -> None:
+        cls = class_of(Path(result.path)) or "."
+        counts = self.per_class.setdefault(cls, dict.fromkeys(STATUSES, 0))
+        counts[result.status] += 1
+        if result.status == "rejected":
+            self.rejected.append(result)
+
+    @property
+    def total(self) -> dict[str, int]:
+        return {k: sum(c[k] for c in self.per_class.values()) for k in STATUSES}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "per_class": self.per_class,
+            "seconds": round(self.seconds, 3),
+            "rejected": [asdict(r) for r in sorted(self.rejected, key=lambda r: r.path)],
+        }
+
+
+class Progress(Protocol):
+    """How a job reports progress (the CLI draws a bar; the Python API is silent by default)."""
+
+    def start(self, label: str, total: int) -> None: ...
+
+    def advance(self, count: int = 1) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NoProgress:
+    """The default: report nothing."""
+
+    def start(self, label: str, total: int) -> None:
+        pass
+
+    def advance(self, count: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def tracked(
+    items: Iterable[Any], total: int, label: str, progress: Progress | None
+) -> Iterator[Any]:
+    """Yield ``items``, advancing ``progress`` after each."""
+    bar = progress or NoProgress()
+    bar.start(label, total)
+    try:
+        for item in items:
+            yield item
+            bar.advance()
+    finally:
+        bar.finish()
+
+
+REPORT_COLUMNS = ["path", "class", "status", "kind", "reason", "width", "height", "output"]
+
+
+def write_report(path: Path, results: Iterable[FileResult]) -> None:
+    """CSV with one row per file: path, class, status, kind, reason, width, height, output."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(REPORT_COLUMNS)
+    for r in results:
+        writer.writerow(
+            [
+                r.path,
+                class_of(Path(r.path)) or "",
+                r.status,
+                r.kind,
+                r.reason,
+                r.width,
+                r.height,
+                r.output,
+            ]
+        )
+    atomic_write_bytes(path, buffer.getvalue().encode())

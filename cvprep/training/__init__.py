@@ -1,0 +1,33 @@
+"""Training, evaluation, prediction and export as Python functions: the same work as
+``cvprep train/evaluate/predict/export``, returning result objects. Nothing here imports Click.
+
+Modules: :mod:`~cvprep.training.config` (settings and measured defaults),
+:mod:`~cvprep.training.data` (decode once, cache, tf.data), :mod:`~cvprep.training.models`,
+:mod:`~cvprep.training.fit` (the fit loop), :mod:`~cvprep.training.evaluate`,
+:mod:`~cvprep.training.run` (the run folder), :mod:`~cvprep.training.report` and
+:mod:`~cvprep.training.export`.
+"""
+
+from cvprep.training.config import BACKBONES, MODELS, RECIPES, TrainConfig
+from cvprep.training.evaluate import Evaluation, Prediction, evaluate, predict
+from cvprep.training.export import ExportResult, export
+from cvprep.training.fit import TrainResult, train, train_with_config
+from cvprep.training.run import Run, load_run
+
+__all__ = [
+    "BACKBONES",
+    "MODELS",
+    "RECIPES",
+    "Evaluation",
+    "ExportResult",
+    "Prediction",
+    "Run",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "export",
+    "load_run",
+    "predict",
+    "train",
+    "train_with_config",
+]

@@ -1,0 +1,293 @@
+"""Training data: find the splits, decode every image once, cache it, feed it to Keras.
+
+Every image is decoded once with cvprep's reader (EXIF, CMYK, 16-bit; a bad file is named and
+skipped), run through ``--ops`` and resized to the model's input size, in parallel. The
+uint8 results are cached in memory when they fit, else in a file in the run folder. Each epoch
+then only shuffles, augments (batched Keras layers inside ``tf.data``) and prefetches, so an
+epoch costs about what the model's own compute costs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvprep import ops
+from cvprep.augmentation import get_preset
+from cvprep.dataset.engines import default_workers
+from cvprep.errors import CvprepError, ImageError, ParameterError
+from cvprep.files import EmptyTreeError, class_of, list_tree
+from cvprep.io import read_image
+from cvprep.pipeline import Pipeline
+
+SPLITS = ("train", "val", "test")
+MEMORY_SHARE = 0.25  # cache in memory up to this share of the machine's RAM
+
+
+@dataclass
+class Split:
+    files: list[str]  # absolute paths
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def list_split(folder: Path, classes: list[str]) -> Split:
+    files, labels = [], []
+    for relative in list_tree(folder).files:
+        cls = class_of(relative)
+        if cls in classes:
+            files.append(str(folder / relative))
+            labels.append(classes.index(cls))
+    return Split(files, labels)
+
+
+def discover(data: Path) -> tuple[list[str], dict[str, Split]]:
+    """Class names (from train/) and the files of each split folder present."""
+    train = data / "train"
+    if not train.is_dir():
+        raise CvprepError(f"{data} has no train/ folder: make one with `cvprep split`")
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise CvprepError(f"{train} needs at least two class folders, found {classes}")
+    splits = {name: list_split(data / name, classes) for name in SPLITS if (data / name).is_dir()}
+    if not splits["train"].files:
+        raise EmptyTreeError(train, "no image files in class subfolders")
+    return classes, splits
+
+
+def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """A stratified, seeded share of the training files as validation (``test`` stays
+    untouched: it is evaluated once, at the end)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(train.labels)
+    held = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held[rng.choice(members, count, replace=False)] = True
+    return _subset(train, np.flatnonzero(~held)), _subset(train, np.flatnonzero(held))
+
+
+def _subset(split: Split, indices: Any) -> Split:
+    return Split([split.files[i] for i in indices], [split.labels[i] for i in indices])
+
+
+def process_shard(split: Split, seed: int, num_processes: int, process_id: int) -> Split:
+    """This process's equal share of the training files (same shuffle in every process)."""
+    order = np.random.default_rng(seed).permutation(len(split.files))
+    per_process = len(order) // num_processes
+    return _subset(split, order[process_id * per_process : (process_id + 1) * per_process])
+
+
+# --------------------------------------------------------------------------- decode once
+@dataclass(frozen=True)
+class LoadTask:
+    index: int
+    path: str
+    spec_json: str
+    size: int
+    resize: str
+
+    @property
+    def source(self) -> str:
+        return self.path
+
+
+def prepare_image(image: np.ndarray, pipeline: Pipeline, size: int, resize: str) -> np.ndarray:
+    """``--ops`` then the resize to the model's input, as the saved model does (uint8 H×W×C)."""
+    result = ops.to_uint8(pipeline.apply(image))
+    result = ops.resize(result, (size, size), interpolation="area", fit=resize)
+    return result[:, :, None] if result.ndim == 2 else result
+
+
+_PIPELINES: dict[str, Pipeline] = {}
+
+
+def load_one(task: LoadTask, data: bytes | None = None) -> tuple[int, np.ndarray | None, str]:
+    """Decode and prepare one file; ``(index, image or None, error)``."""
+    if task.spec_json not in _PIPELINES:
+        _PIPELINES[task.spec_json] = Pipeline.from_json(task.spec_json)
+    try:
+        image = read_image(data if data is not None else task.path)
+    except ImageError as exc:
+        return task.index, None, f"[{exc.kind}] {exc.reason}"
+    return task.index, prepare_image(image, _PIPELINES[task.spec_json], task.size, task.resize), ""
+
+
+@dataclass
+class CachedImages:
+    """Decoded, prepared uint8 images of one split (in memory or a memory-mapped file)."""
+
+    images: np.ndarray  # N×size×size×C uint8
+    labels: np.ndarray  # N int
+    files: list[str]  # the files kept, in order
+    skipped: dict[str, str] = field(default_factory=dict)  # file → why it was skipped
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+def load_split(
+    split: Split,
+    *,
+    pipeline: Pipeline,
+    size: int,
+    resize: str,
+    channels: int,
+    cache: str = "auto",
+    cache_file: Path | None = None,
+    workers: int | None = None,
+    log: Callable[[str], None] = print,
+) -> CachedImages:
+    """Decode every file of ``split`` once (a thread per core) into a uint8 cache.
+
+    ``cache``: ``"memory"``, ``"disk"`` (``cache_file``, memory-mapped) or ``"auto"`` (memory
+    when the images take at most a quarter of the RAM).
+    """
+    shape = (len(split), size, size, channels)
+    needed = int(np.prod(shape))
+    on_disk = cache == "disk" or (cache == "auto" and needed > MEMORY_SHARE * memory_bytes())
+    if on_disk:
+        if cache_file is None:
+            raise ParameterError("a cache file is needed to cache on disk")
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        images = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.uint8, shape=shape)
+        log(f"caching {len(split)} images on disk ({needed / 1024**2:.0f} MiB): {cache_file}")
+    else:
+        images = np.empty(shape, np.uint8)
+    spec_json = pipeline.to_json()
+    tasks = [LoadTask(i, f, spec_json, size, resize) for i, f in enumerate(split.files)]
+    ok = np.zeros(len(split), bool)
+    skipped = {}
+    # Threads, not processes: OpenCV releases the GIL while decoding and resizing, and the
+    # pixels need not be pickled back (nor a script's __main__ re-imported by workers).
+    with ThreadPoolExecutor(max(1, default_workers() if workers is None else workers)) as pool:
+        results = list(pool.map(load_one, tasks))
+    for index, image, error in results:
+        if image is None:
+            skipped[split.files[index]] = error
+            log(f"cvprep: skipping {split.files[index]}: {error}")
+        elif image.shape != shape[1:]:
+            skipped[split.files[index]] = (
+                f"has {image.shape[-1]} channels after --ops, not {channels}"
+            )
+        else:
+            images[index] = image
+            ok[index] = True
+    kept = np.flatnonzero(ok)
+    for row, index in enumerate(kept):  # close the gaps of skipped files, in place
+        if row != index:
+            images[row] = images[index]
+    labels = np.asarray(split.labels, np.int64)[kept]
+    return CachedImages(images[: len(kept)], labels, [split.files[i] for i in kept], skipped)
+
+
+# --------------------------------------------------------------------------- tf.data
+def augmentation_layers(preset_name: str, seed: int) -> list[Any]:
+    """The preset (:mod:`cvprep.augmentation`) as Keras layers, applied to whole batches."""
+    import keras
+
+    from cvprep import keras_layers as kl
+
+    preset = get_preset(preset_name)
+    layers: list[Any] = []
+    if preset.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if preset.rotation or preset.zoom or preset.shift:
+        layers.append(
+            kl.RandomAffine(preset.rotation, preset.zoom, preset.shift, border="reflect", seed=seed)
+        )
+    if preset.brightness or preset.contrast:
+        layers.append(kl.RandomBrightnessContrast(preset.brightness, preset.contrast, seed=seed))
+    if preset.blur_probability:
+        layers.append(
+            kl.RandomGaussianBlur(preset.blur_sigma, probability=preset.blur_probability, seed=seed)
+        )
+    if preset.noise:
+        layers.append(_PixelNoise(preset.noise, seed=seed))
+    return layers
+
+
+class _PixelNoise:
+    """Keras' ``GaussianNoise`` (standard deviation as a fraction of 255) on [0, 255] pixels."""
+
+    def __init__(self, stddev: float, seed: int) -> None:
+        import keras
+
+        self.noise = keras.layers.GaussianNoise(stddev, seed=seed)
+        self.stddev = stddev
+
+    def __call__(self, images: Any, training: bool = False) -> Any:
+        return self.noise(images / 255.0, training=training) * 255.0
+
+
+def encode_labels(labels: Any, num_classes: int) -> Any:
+    import tensorflow as tf
+
+    if num_classes > 2:
+        return tf.one_hot(labels, num_classes)
+    return tf.cast(labels, tf.float32)
+
+
+def make_dataset(
+    cached: CachedImages,
+    *,
+    batch_size: int,
+    num_classes: int,
+    training: bool = False,
+    augment: str = "none",
+    seed: int = 0,
+    drop_remainder: bool = False,
+) -> Any:
+    """Batches of ``(float32 images in [0, 255], labels)`` read from the cache.
+
+    ``training``: reshuffled every epoch and augmented on the fly (whole batches at once).
+    """
+    import tensorflow as tf
+
+    images, labels = cached.images, cached.labels.astype(np.int32)
+    exact = drop_remainder  # every batch full: a static batch size (JAX data parallelism)
+    shape = (batch_size if exact else None, *images.shape[1:])
+
+    def gather(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.sort(indices)  # sequential reads from a memory-mapped cache
+        return np.asarray(images[order]), labels[order]
+
+    def read(indices: Any) -> tuple[Any, Any]:
+        batch, batch_labels = tf.numpy_function(gather, [indices], (tf.uint8, tf.int32))
+        batch.set_shape(shape)
+        batch_labels.set_shape(shape[:1])
+        return tf.cast(batch, tf.float32), encode_labels(batch_labels, num_classes)
+
+    dataset = tf.data.Dataset.range(len(cached))
+    if training:
+        dataset = dataset.shuffle(len(cached), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=exact)
+    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+    layers = augmentation_layers(augment, seed) if training else []
+    if layers:
+
+        def augment_batch(batch: Any, batch_labels: Any) -> tuple[Any, Any]:
+            for layer in layers:
+                batch = layer(batch, training=True)
+            return tf.clip_by_value(batch, 0.0, 255.0), batch_labels
+
+        dataset = dataset.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = not training
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

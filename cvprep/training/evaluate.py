@@ -1,0 +1,268 @@
+"""Prediction and evaluation on raw image files, through the saved raw-image model.
+
+One code path serves ``cvprep evaluate``, ``cvprep predict`` and training's own final test
+figure, so the three agree exactly. Each image is decoded with cvprep's reader and run through
+the model's preprocessing layers on its own (images differ in size); the network then runs on
+batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvprep.errors import CvprepError, ImageError
+from cvprep.files import EmptyTreeError, list_tree
+from cvprep.io import read_image
+from cvprep.training.data import list_split
+from cvprep.training.run import Run, load_run, write_json
+
+BATCH_SIZE = 32
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str = ""
+    probability: float = 0.0
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def class_probability(outputs: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class probabilities (N×classes), also for the single sigmoid output."""
+    if num_classes == 2:
+        positive = outputs.reshape(-1)
+        return np.stack([1 - positive, positive], axis=1)
+    return outputs
+
+
+def metrics_from_predictions(
+    truth: np.ndarray, predicted: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+    labels = list(range(len(classes)))
+    per_class = classification_report(
+        truth, predicted, labels=labels, target_names=classes, output_dict=True, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)) if len(truth) else 0.0,
+        "count": len(truth),
+        "per_class": {c: {k: float(v) for k, v in per_class[c].items()} for c in classes},
+        "macro_avg": {k: float(v) for k, v in per_class["macro avg"].items()},
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
+        "classes": classes,
+    }
+
+
+class Predictor:
+    """Runs a raw-image model (``wrap_for_raw_images``) on image files."""
+
+    def __init__(self, model: Any, classes: list[str]) -> None:
+        import keras
+
+        self.classes = classes
+        # The saved model is a chain: input, preprocessing layers, Resize, trained network.
+        self.preprocessing = model.layers[1:-1]
+        self.network = model.layers[-1]
+        self._prepare, self._classify = self._prepare_eager, self._classify_eager
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            channels = model.input_shape[-1]
+            self._prepare = tf.function(
+                self._prepare_eager,
+                input_signature=[tf.TensorSpec((1, None, None, channels), tf.float32)],
+            )
+            self._classify = tf.function(
+                self._classify_eager,
+                input_signature=[tf.TensorSpec((None, *self.network.input_shape[1:]), tf.float32)],
+            )
+
+    def _prepare_eager(self, image: Any) -> Any:
+        for layer in self.preprocessing:
+            image = layer(image)
+        return image
+
+    def _classify_eager(self, batch: Any) -> Any:
+        return self.network(batch, training=False)
+
+    def predict_files(self, paths: Iterable[str | os.PathLike[str]]) -> list[Prediction]:
+        """One prediction per file, in order; unreadable files get an ``error``."""
+        results: list[Prediction] = []
+        pending: list[tuple[int, np.ndarray]] = []
+        for path, image in _decoded(paths):
+            if isinstance(image, ImageError):
+                results.append(Prediction(str(path), error=f"[{image.kind}] {image.reason}"))
+                continue
+            results.append(Prediction(str(path)))
+            prepared = self._prepare(np.asarray(image, np.float32)[None])
+            pending.append((len(results) - 1, np.asarray(prepared)[0]))
+            if len(pending) == BATCH_SIZE:
+                self._flush(pending, results)
+        self._flush(pending, results)
+        return results
+
+    def _flush(self, pending: list[tuple[int, np.ndarray]], results: list[Prediction]) -> None:
+        if not pending:
+            return
+        outputs = np.asarray(self._classify(np.stack([image for _, image in pending])))
+        for (index, _), row in zip(
+            pending, class_probability(outputs, len(self.classes)), strict=True
+        ):
+            best = int(row.argmax())
+            results[index].label = self.classes[best]
+            results[index].probability = float(row[best])
+            results[index].probabilities = {
+                c: float(p) for c, p in zip(self.classes, row, strict=True)
+            }
+        pending.clear()
+
+
+def _decoded(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Any, Any]]:
+    """Decode in two threads (OpenCV releases the GIL) while the model works."""
+
+    def load(path: Any) -> tuple[Any, Any]:
+        try:
+            return path, read_image(path)
+        except ImageError as exc:
+            return path, exc
+
+    with ThreadPoolExecutor(2) as pool:
+        yield from pool.map(load, paths)
+
+
+@dataclass
+class Evaluation:
+    """Metrics of a model on a folder of class subfolders, and every prediction."""
+
+    metrics: dict[str, Any]
+    predictions: list[Prediction]
+    truth: list[str]
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    def mistakes(self) -> list[tuple[Prediction, str]]:
+        """Misclassified images, most confident mistakes first."""
+        wrong = [
+            (p, t)
+            for p, t in zip(self.predictions, self.truth, strict=True)
+            if not p.error and p.label != t
+        ]
+        return sorted(wrong, key=lambda pair: -pair[0].probability)
+
+
+def evaluate_folder(predictor: Predictor, folder: Path, split_name: str = "") -> Evaluation:
+    """Predict every image of ``folder`` (class subfolders) and score it."""
+    classes = predictor.classes
+    split = list_split(folder, classes)
+    if not split.files:
+        raise EmptyTreeError(folder, f"no images of classes {classes}")
+    predictions = predictor.predict_files(split.files)
+    good = [(p, label) for p, label in zip(predictions, split.labels, strict=True) if not p.error]
+    truth = np.array([label for _, label in good], int)
+    predicted = np.array([classes.index(p.label) for p, _ in good], int)
+    metrics = metrics_from_predictions(truth, predicted, classes)
+    metrics["evaluated_on"] = str(folder)
+    metrics["split"] = split_name or folder.name
+    metrics["rejected"] = {p.path: p.error for p in predictions if p.error}
+    return Evaluation(metrics, predictions, [classes[label] for label in split.labels])
+
+
+def evaluation_folder(data: Path) -> tuple[Path, str]:
+    """DATA/test, else DATA/val, else DATA itself (a folder of class subfolders)."""
+    for name in ("test", "val"):
+        if (data / name).is_dir():
+            return data / name, name
+    return data, data.name
+
+
+def evaluate(
+    run: str | os.PathLike[str], data: str | os.PathLike[str], *, write: bool = True
+) -> Evaluation:
+    """Evaluate a run's raw-image model on DATA/test (or DATA/val, or DATA's class folders).
+
+    DATA holds raw images (the split, not the preprocessed copy: the model applies the
+    preprocessing itself). Writes ``RUN/evaluation/metrics.json`` and
+    ``confusion_matrix.png`` unless ``write=False``.
+
+    Examples
+    --------
+    >>> from cvprep.training import evaluate
+    >>> result = evaluate(trained_run, raw_data)
+    >>> result.metrics["split"], result.metrics["count"]
+    ('test', 8)
+    >>> 0.0 <= result.accuracy <= 1.0
+    True
+    """
+    from cvprep.dataset.preprocess import preprocessing_record
+    from cvprep.training import report
+
+    loaded = load_run(run)
+    data = Path(data)
+    recorded = preprocessing_record(data).get("settings", {}).get("spec", "")
+    if recorded and recorded == loaded.config.get("data_spec"):
+        raise CvprepError(
+            f"{data} was preprocessed with {recorded!r}, which the model already applies to raw "
+            "images: evaluate on the raw (split) folder instead"
+        )
+    folder, split_name = evaluation_folder(data)
+    result = evaluate_folder(Predictor(loaded.model, loaded.classes), folder, split_name)
+    if write:
+        out = loaded.folder / "evaluation"
+        out.mkdir(exist_ok=True)
+        write_json(out / "metrics.json", result.metrics)
+        report.plot_confusion(
+            result.metrics["confusion_matrix"],
+            loaded.classes,
+            out / "confusion_matrix.png",
+            f"confusion matrix ({split_name})",
+        )
+    return result
+
+
+def image_paths(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, and every candidate file of the folders (links followed)."""
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            tree = list_tree(source)
+            if not tree.files:
+                raise EmptyTreeError(source)
+            paths.extend(source / p for p in tree.files)
+        else:
+            paths.append(source)
+    return paths
+
+
+def predict(
+    run: str | os.PathLike[str] | Run, images: Iterable[str | os.PathLike[str]]
+) -> list[Prediction]:
+    """Predict the class of raw image files (and of every image in folders) with a run's model.
+
+    Examples
+    --------
+    >>> from cvprep.training import predict
+    >>> photo = sorted((raw_data / "test" / "round").iterdir())[0]
+    >>> (prediction,) = predict(trained_run, [photo])
+    >>> prediction.label in ("angular", "round"), sorted(prediction.probabilities)
+    (True, ['angular', 'round'])
+    >>> predict(trained_run, [tmp])  # an empty folder
+    Traceback (most recent call last):
+    cvprep.files.EmptyTreeError: ...: no image files found
+    """
+    loaded = run if isinstance(run, Run) else load_run(run)
+    return Predictor(loaded.model, loaded.classes).predict_files(image_paths(images))
+
+
+def predictions_as_dicts(predictions: list[Prediction]) -> list[dict[str, Any]]:
+    return [asdict(p) for p in predictions]

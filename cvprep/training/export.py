@@ -1,0 +1,154 @@
+"""Export a run's model to a SavedModel or TFLite, and prove it predicts like the original."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvprep.dataset.preprocess import preprocessing_record
+from cvprep.errors import CvprepError, ImageError, ParameterError
+from cvprep.files import list_tree
+from cvprep.io import read_image
+from cvprep.training.run import load_run
+
+FORMATS = ("savedmodel", "tflite")
+REAL_IMAGES = 8
+# Generated check images of several shapes: the check never depends on finding the data.
+GENERATED_SHAPES = ((96, 128), (200, 150), (64, 64))
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    checked: int  # images on which the export was compared with model.keras
+    max_difference: float
+
+
+def export(
+    run: str | os.PathLike[str],
+    fmt: str = "savedmodel",
+    *,
+    quantize: bool = False,
+    output: str | os.PathLike[str] | None = None,
+) -> ExportResult:
+    """Export a run's raw-image model and check that it predicts like ``model.keras``.
+
+    The check runs on up to 8 of the run's own raw images (when they can still be found)
+    plus generated images of three shapes, so it always compares something; a difference
+    above the tolerance (1e-4, or 0.05 for quantised TFLite) raises ``CvprepError``.
+
+    Examples
+    --------
+    >>> from cvprep.training import export
+    >>> result = export(trained_run, "tflite", output=tmp / "model.tflite")
+    >>> result.path.name, result.checked >= 3, result.max_difference < 1e-4
+    ('model.tflite', True, True)
+    """
+    if fmt not in FORMATS:
+        raise ParameterError(f"`fmt` should be one of {', '.join(FORMATS)}. Received: fmt={fmt!r}")
+    if quantize and fmt != "tflite":
+        raise ParameterError("`quantize` applies to the tflite format only")
+    loaded = load_run(run)
+    if fmt == "savedmodel":
+        path = Path(output) if output else loaded.folder / "export" / "savedmodel"
+        loaded.model.export(str(path), verbose=False)
+        predict = saved_model_predictor(path)
+        tolerance = 1e-4
+    else:
+        name = "model-quantized.tflite" if quantize else "model.tflite"
+        path = Path(output) if output else loaded.folder / "export" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(to_tflite(loaded.model, quantize=quantize))
+        predict = tflite_predictor(path)
+        tolerance = 0.05 if quantize else 1e-4
+    images = check_images(loaded.config)
+    difference = compare_predictions(loaded.model, predict, images, tolerance)
+    return ExportResult(path, fmt, len(images), difference)
+
+
+def to_tflite(model: Any, *, quantize: bool) -> bytes:
+    import tensorflow as tf
+
+    # The converter exports a SavedModel first and prints its signatures on stdout.
+    with contextlib.redirect_stdout(io.StringIO()):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return converter.convert()
+
+
+def saved_model_predictor(path: Path) -> Any:
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(path))
+    return lambda image: np.asarray(served.serve(tf.constant(image[None], tf.float32)))
+
+
+def tflite_predictor(path: Path) -> Any:
+    """A function image → output for a TFLite model with a dynamic image size."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    input_index = interpreter.get_input_details()[0]["index"]
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        interpreter.resize_tensor_input(input_index, (1, *image.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(input_index, image[None].astype(np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+    return predict
+
+
+def check_images(config: dict[str, Any]) -> list[np.ndarray]:
+    """Raw images of the run (test, val, train of its raw data) and generated ones."""
+    data = Path(config.get("data", ""))
+    record = preprocessing_record(data) if data.is_dir() else {}
+    raw = Path(record["source"]) if record.get("source") else data
+    images: list[np.ndarray] = []
+    for name in ("test", "val", "train"):
+        folder = raw / name
+        if not folder.is_dir():
+            continue
+        for relative in list_tree(folder).files:
+            try:
+                images.append(read_image(folder / relative))
+            except ImageError:
+                continue
+            if len(images) == REAL_IMAGES:
+                break
+        if len(images) == REAL_IMAGES:
+            break
+    rng = np.random.default_rng(0)
+    for height, width in GENERATED_SHAPES:
+        smooth = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        images.append(np.ascontiguousarray(np.kron(smooth, np.ones((8, 8, 1), np.uint8))))
+    return images
+
+
+def compare_predictions(
+    model: Any, predict: Any, images: list[np.ndarray], tolerance: float
+) -> float:
+    """The largest difference between the exported model and ``model``; raises above
+    ``tolerance``."""
+    if not images:
+        raise CvprepError("no images to compare the export with model.keras")
+    worst = 0.0
+    for image in images:
+        expected = np.asarray(model(image[None].astype(np.float32), training=False))
+        got = predict(image)
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > tolerance:
+        raise CvprepError(
+            f"exported model differs from model.keras by {worst:.4f} (tolerance {tolerance})"
+        )
+    return worst

@@ -1,0 +1,215 @@
+"""Run evidence on disk: curves, confusion matrix, mistakes, augmented inputs, suspects and a
+one-page HTML report that works offline (every image is a file in the run folder)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvprep.io import atomic_write_bytes, read_image, write_image
+from cvprep.ops import resize
+from cvprep.preview import contact_sheet
+from cvprep.training.run import FIGURES_FOLDER, REPORT_FILE, SUSPECTS_FILE
+
+MAX_MISTAKES = 24
+THUMBNAIL = 160
+SUSPECT_COLUMNS = ["path", "class", "predicted", "probability", "probability_of_class"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    if not path.exists():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        key: [float(row[key]) for row in rows if row.get(key) not in (None, "")]
+        for key in (rows[0].keys() if rows else [])
+    }
+
+
+def plot_curves(history: dict[str, list[float]], path: Path) -> None:
+    """Loss and accuracy per epoch, training vs validation."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+            if history.get(key):
+                epochs = np.arange(1, len(history[key]) + 1)
+                label = f"validation {metric}" if key.startswith("val_") else f"training {metric}"
+                axis.plot(epochs, history[key], style, markersize=3, label=label)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    plt = _pyplot()
+    values = np.asarray(matrix)
+    size = max(4.0, 0.6 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(values, cmap="Blues")
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    threshold = values.max() / 2 if values.size else 0
+    for (row, col), count in np.ndenumerate(values):
+        colour = "white" if count > threshold else "black"
+        axis.text(col, row, str(count), ha="center", va="center", color=colour)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_suspects(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``suspects.csv``: training images the model contradicts (likely mislabeled first)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, SUSPECT_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / SUSPECTS_FILE, buffer.getvalue().encode())
+    return rows
+
+
+def thumbnail(path: str | Path, target: Path) -> bool:
+    """A small JPEG copy of an image file for the report; False if it cannot be read."""
+    try:
+        image = read_image(path)
+    except Exception:
+        return False
+    scale = THUMBNAIL / max(image.shape[:2])
+    if scale < 1:
+        image = resize(
+            image, (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+        )
+    write_image(target, image, quality=85)
+    return True
+
+
+def _mistakes_html(out: Path, mistakes: list[tuple[Any, str]]) -> str:
+    if not mistakes:
+        return "<p>No misclassified test images.</p>"
+    cells = []
+    folder = out / FIGURES_FOLDER / "mistakes"
+    for index, (prediction, truth) in enumerate(mistakes[:MAX_MISTAKES]):
+        name = f"{index:03d}.jpg"
+        if not thumbnail(prediction.path, folder / name):
+            continue
+        filename = html.escape(Path(prediction.path).name)
+        cells.append(
+            f'<figure><img src="{FIGURES_FOLDER}/mistakes/{name}" alt="{filename}">'
+            f"<figcaption><b>{html.escape(truth)}</b> → {html.escape(prediction.label)} "
+            f"({prediction.probability:.2f})<br><small>{filename}</small></figcaption></figure>"
+        )
+    more = len(mistakes) - MAX_MISTAKES
+    tail = f"<p>… and {more} more (see metrics.json).</p>" if more > 0 else ""
+    return f'<div class="grid">{"".join(cells)}</div>{tail}'
+
+
+def _suspects_html(suspects: list[dict[str, Any]]) -> str:
+    if not suspects:
+        return "<p>The model agrees with every training label.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(Path(s['path']).name)}</td><td>{html.escape(s['class'])}</td>"
+        f"<td>{html.escape(s['predicted'])}</td><td>{s['probability']:.3f}</td></tr>"
+        for s in suspects[:20]
+    )
+    return (
+        f"<p>{len(suspects)} training image(s) the model contradicts; all in "
+        f'<a href="{SUSPECTS_FILE}">{SUSPECTS_FILE}</a>.</p>'
+        f"<table><tr><th>file</th><th>label</th><th>model says</th><th>probability</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(cls)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
+        f"<td>{m['f1-score']:.3f}</td><td>{int(m['support'])}</td></tr>"
+        for cls, m in metrics["per_class"].items()
+    )
+    return (
+        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+        f"<th>images</th></tr>{rows}</table>"
+    )
+
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px}
+img{max-width:100%}code{background:#f4f4f4;padding:2px 4px}
+.grid{display:flex;flex-wrap:wrap;gap:10px}.grid figure{margin:0;width:170px;font-size:13px}"""
+
+
+def write_run_report(
+    out: Path,
+    config: Any,
+    metrics: dict[str, Any],
+    *,
+    history: dict[str, list[float]],
+    mistakes: list[tuple[Any, str]],
+    augmented: np.ndarray,
+    suspects: list[dict[str, Any]],
+) -> None:
+    """Figures under ``out/figures`` and ``out/report.html`` that shows them."""
+    figures = out / FIGURES_FOLDER
+    figures.mkdir(exist_ok=True)
+    plot_curves(history, figures / "curves.png")
+    plot_confusion(
+        metrics["confusion_matrix"],
+        metrics["classes"],
+        figures / "confusion_matrix.png",
+        f"confusion matrix ({metrics.get('split', metrics['evaluated_on'])})",
+    )
+    write_image(
+        figures / "augmented.png",
+        contact_sheet(
+            [(f"#{i + 1}", image) for i, image in enumerate(augmented)], tile=128, columns=8
+        ),
+    )
+    settings = json.loads((out / "config.json").read_text())
+    validation = settings.get("validation", {})
+    preprocessing = ",".join(s for s in (config.data_spec, config.ops) if s) or "none"
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>cvprep run: {html.escape(out.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(config.model)} on {html.escape(config.data)}</h1>
+<p>Accuracy on <b>{html.escape(str(metrics["evaluated_on"]))}</b>:
+<b>{metrics["accuracy"]:.3f}</b> ({metrics["count"]} images); validation accuracy
+{metrics.get("validation_accuracy", float("nan")):.3f} on {validation.get("images", "?")} images
+from {html.escape(str(validation.get("source", "?")))}/; {metrics.get("epochs_run", "?")} epochs,
+{metrics.get("seconds", 0):.0f} s. Preprocessing built into the model:
+<code>{html.escape(preprocessing)}</code>, then resize ({html.escape(config.resize)}) to
+{config.size}×{config.size}.</p>
+<h2>Per-class metrics</h2>{_metrics_table(metrics)}
+<h2>Learning curves</h2><img src="{FIGURES_FOLDER}/curves.png" alt="loss and accuracy curves">
+<h2>Confusion matrix</h2>
+<img src="{FIGURES_FOLDER}/confusion_matrix.png" alt="confusion matrix">
+<h2>Misclassified test images</h2><p>Most confident mistakes first: true class → prediction
+(probability).</p>{_mistakes_html(out, mistakes)}
+<h2>Training inputs after augmentation ({html.escape(config.augment)})</h2>
+<img src="{FIGURES_FOLDER}/augmented.png" alt="augmented training images">
+<h2>Suspect training labels</h2>{_suspects_html(suspects)}
+<h2>Configuration</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>
+</body></html>
+"""
+    atomic_write_bytes(out / REPORT_FILE, page.encode())
