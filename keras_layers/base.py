@@ -35,7 +35,10 @@ class ImageLayer(DataLayer):
 
     def call(self, inputs: Any) -> Any:
         b = self.backend
-        images = b.cast(b.convert_to_tensor(inputs), "float32")
+        tensor = b.convert_to_tensor(inputs)
+        # uint8 input needs no rounding or clipping before integer-exact arithmetic.
+        self._whole_input = "int" in keras.backend.standardize_dtype(tensor.dtype)
+        images = b.cast(tensor, "float32")
         unbatched = len(images.shape) == 3
         if unbatched:
             images = b.numpy.expand_dims(images, 0)
@@ -44,6 +47,12 @@ class ImageLayer(DataLayer):
 
     def transform(self, images: Any) -> Any:
         raise NotImplementedError
+
+    def pixels(self, images: Any) -> Any:
+        """``images`` as whole values in [0, 255], as OpenCV sees uint8 input."""
+        if getattr(self, "_whole_input", False):
+            return images
+        return round_half_even(self.backend, images)
 
     def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
         height, width, channels = self.output_hwc(*input_shape[-3:])
@@ -150,9 +159,21 @@ def luma_fixed_point(b: Any, images: Any) -> Any:
     """OpenCV's 8-bit RGB→gray, (9798 R + 19235 G + 3735 B + 2^14) >> 15, exact in float32.
 
     These are the coefficients OpenCV 4.9+/5 use (checked against cv2 on all 2^24 colours).
+    One matrix product: every partial sum stays below 2^24, so float32 holds it exactly in
+    any summation order.
     """
-    red, green, blue = images[..., 0:1], images[..., 1:2], images[..., 2:3]
-    return b.numpy.floor((red * 9798.0 + green * 19235.0 + blue * 3735.0 + 16384.0) / 32768.0)
+    weights = b.convert_to_tensor([[9798.0], [19235.0], [3735.0]], "float32")
+    return b.numpy.floor((mix_channels(b, images[..., :3], weights) + 16384.0) * (1.0 / 32768.0))
+
+
+def mix_channels(b: Any, images: Any, matrix: Any) -> Any:
+    """``images @ matrix`` over the channel axis (C×K), as one matrix product of all pixels.
+
+    (A 4-D ``matmul`` would broadcast into one small product per image row: far slower.)
+    """
+    shape = b.shape(images)
+    flat = b.numpy.matmul(b.numpy.reshape(images, (-1, images.shape[-1])), matrix)
+    return b.numpy.reshape(flat, (shape[0], shape[1], shape[2], matrix.shape[-1]))
 
 
 # --------------------------------------------------------------------------- random layers

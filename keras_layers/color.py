@@ -11,6 +11,7 @@ from cvprep.keras_layers.base import (
     check_range,
     dims,
     luma_fixed_point,
+    mix_channels,
     pad_index,
     register,
 )
@@ -18,42 +19,43 @@ from cvprep.keras_layers.base import (
 _BINS = 256
 
 
-def _to_gray(b: Any, images: Any) -> Any:
-    """Integer-valued luma, ``B×H×W×1``; single-channel input passes through (rounded)."""
-    if images.shape[-1] == 1:
-        return b.numpy.clip(b.numpy.round(images), 0, 255)
-    return luma_fixed_point(b, b.numpy.clip(b.numpy.round(images), 0, 255))
+def _to_gray(b: Any, pixels: Any) -> Any:
+    """Integer-valued luma, ``B×H×W×1``, of whole-valued pixels (single channel: as is)."""
+    return pixels if pixels.shape[-1] == 1 else luma_fixed_point(b, pixels)
 
 
 def _descale(b: Any, values: Any) -> Any:
     # CV_DESCALE(x, 14) = (x + 2^13) >> 14, an arithmetic shift (floor) for negative x.
-    return b.numpy.floor((values + 8192.0) / 16384.0)
+    return b.numpy.floor((values + 8192.0) * (1.0 / 16384.0))
 
 
-def _rgb_to_ycrcb(b: Any, rgb: Any) -> tuple[Any, Any, Any]:
-    red, green, blue = rgb[..., 0:1], rgb[..., 1:2], rgb[..., 2:3]
-    luma = _descale(b, red * 4899.0 + green * 9617.0 + blue * 1868.0)
-    cr = b.numpy.clip(_descale(b, (red - luma) * 11682.0 + 128.0 * 16384.0), 0, 255)
-    cb = b.numpy.clip(_descale(b, (blue - luma) * 9241.0 + 128.0 * 16384.0), 0, 255)
-    return luma, cr, cb
+def _constant(b: Any, values: list[list[float]]) -> Any:
+    return b.convert_to_tensor(values, "float32")
 
 
-def _ycrcb_to_rgb(b: Any, luma: Any, cr: Any, cb: Any) -> Any:
-    cr, cb = cr - 128.0, cb - 128.0
-    red = luma + _descale(b, cr * 22987.0)
-    green = luma + _descale(b, cb * -5636.0 + cr * -11698.0)
-    blue = luma + _descale(b, cb * 29049.0)
-    return b.numpy.clip(b.numpy.concatenate([red, green, blue], axis=-1), 0, 255)
+def _luma_and_chroma(b: Any, rgb: Any) -> tuple[Any, Any]:
+    """OpenCV's 8-bit RGB → YCrCb as ``(Y, what Cr and Cb add to R, G, B)``.
+
+    Equalisation changes Y only, so the way back to RGB is ``Y' + chroma``: the chroma term
+    is computed once, with OpenCV's fixed-point constants. Each matrix product is exact in
+    float32 (every partial sum stays below 2^24).
+    """
+    luma = _descale(b, mix_channels(b, rgb, _constant(b, [[4899.0], [9617.0], [1868.0]])))
+    red_blue = b.numpy.concatenate([rgb[..., 0:1], rgb[..., 2:3]], axis=-1) - luma
+    scale = _constant(b, [[11682.0, 9241.0]])[0]
+    crcb = b.numpy.clip(_descale(b, red_blue * scale + 128.0 * 16384.0), 0, 255) - 128.0
+    to_rgb = _constant(b, [[22987.0, -11698.0, 0.0], [0.0, -5636.0, 29049.0]])
+    return luma, _descale(b, mix_channels(b, crcb, to_rgb))
 
 
-def _map_luma(b: Any, images: Any, equalise: Any) -> Any:
-    """Apply ``equalise`` (on ``B×H×W×1`` integer-valued luma) like ``ops._map_luma``."""
-    pixels = b.numpy.clip(b.numpy.round(images), 0, 255)
-    if images.shape[-1] == 1:
+def _map_luma(b: Any, pixels: Any, equalise: Any) -> Any:
+    """Apply ``equalise`` (on ``B×H×W×1`` integer-valued luma) like ``ops._map_luma``;
+    ``pixels`` hold whole values in [0, 255]."""
+    if pixels.shape[-1] == 1:
         return equalise(pixels)
-    luma, cr, cb = _rgb_to_ycrcb(b, pixels[..., :3])
-    rgb = _ycrcb_to_rgb(b, equalise(luma), cr, cb)
-    if images.shape[-1] == 4:
+    luma, chroma = _luma_and_chroma(b, pixels[..., :3])
+    rgb = b.numpy.clip(equalise(luma) + chroma, 0, 255)
+    if pixels.shape[-1] == 4:
         rgb = b.numpy.concatenate([rgb, pixels[..., 3:]], axis=-1)
     return rgb
 
@@ -72,12 +74,17 @@ def _histograms(b: Any, rows: Any) -> Any:
     return b.numpy.reshape(counts, (shape[0], _BINS))
 
 
+def _batch_offsets(b: Any, batch: Any, stride: Any) -> Any:
+    """``stride · i`` for each batch element ``i``, shaped to broadcast over B×H×W(×1)."""
+    return b.numpy.reshape(b.numpy.arange(batch, dtype="int32") * stride, (-1, 1, 1, 1))
+
+
 def _apply_lut(b: Any, luts: Any, images: Any) -> Any:
-    """``luts`` is ``B×256``; ``images`` is ``B×H×W×1`` integer-valued."""
+    """``luts`` is ``B×256``; ``images`` is ``B×H×W×1`` integer-valued. One gather from the
+    flattened tables (faster than a per-row ``take_along_axis``)."""
     shape = b.shape(images)
-    flat = b.numpy.reshape(b.cast(images, "int32"), (shape[0], -1))
-    mapped = b.numpy.take_along_axis(luts, flat, axis=1)
-    return b.numpy.reshape(mapped, shape)
+    index = b.cast(images, "int32") + _batch_offsets(b, shape[0], _BINS)
+    return b.numpy.take(b.numpy.reshape(luts, (-1,)), index)
 
 
 def _equalise_luma(b: Any, luma: Any) -> Any:
@@ -108,7 +115,7 @@ class Grayscale(ImageLayer):
         self.keep_channels = ops.check_grayscale(keep_channels=keep_channels)["keep_channels"]
 
     def transform(self, images: Any) -> Any:
-        gray = _to_gray(self.backend, images)
+        gray = _to_gray(self.backend, self.pixels(images))
         return self.backend.numpy.repeat(gray, 3, axis=-1) if self.keep_channels else gray
 
     def output_hwc(self, height: Any, width: Any, channels: Any) -> tuple[Any, Any, Any]:
@@ -130,7 +137,8 @@ class HistogramEqualization(ImageLayer):
         ops.check_equalize()
 
     def transform(self, images: Any) -> Any:
-        return _map_luma(self.backend, images, lambda luma: _equalise_luma(self.backend, luma))
+        b = self.backend
+        return _map_luma(b, self.pixels(images), lambda luma: _equalise_luma(b, luma))
 
 
 @register
@@ -148,7 +156,7 @@ class CLAHE(ImageLayer):
         self.tile_grid = params["tile_grid"]
 
     def transform(self, images: Any) -> Any:
-        return _map_luma(self.backend, images, self._clahe)
+        return _map_luma(self.backend, self.pixels(images), self._clahe)
 
     def _clahe(self, luma: Any) -> Any:
         b = self.backend
@@ -207,15 +215,16 @@ class CLAHE(ImageLayer):
         ty1, ty2, ya = _tile_coords(b, height, tile_h, tiles_y)
         tx1, tx2, xa = _tile_coords(b, width, tile_w, tiles_x)
         batch = b.shape(luma)[0]
-        flat_luts = b.numpy.reshape(luts, (batch, tiles_y * tiles_x * _BINS))
-        values = b.cast(luma[..., 0], "int32")
+        flat_luts = b.numpy.reshape(luts, (-1,))
+        # Each pixel's value in its image's block of tiles_y · tiles_x tables of 256 entries.
+        values = (
+            b.cast(luma[..., 0], "int32")
+            + _batch_offsets(b, batch, tiles_y * tiles_x * _BINS)[..., 0]
+        )
 
         def lookup(ty: Any, tx: Any) -> Any:
             index = (ty[:, None] * tiles_x + tx[None, :]) * _BINS  # H×W
-            flat = b.numpy.reshape(index[None] + values, (batch, -1))
-            return b.numpy.reshape(
-                b.numpy.take_along_axis(flat_luts, flat, axis=1), b.shape(values)
-            )
+            return b.numpy.take(flat_luts, index[None] + values)
 
         ya, xa = ya[None, :, None], xa[None, None, :]
         top = lookup(ty1, tx1) * (1.0 - xa) + lookup(ty1, tx2) * xa

@@ -62,34 +62,63 @@ def _taps_to_matrix(b: Any, taps: list[tuple[Any, Any]], size: Any) -> Any:
     return matrix
 
 
-def _axis_matrix(
-    b: Any, rows: Any, content: Any, size: Any, interpolation: str, shrinking_both: Any
-) -> Any:
-    """Weights (len(rows) × size) that resize an axis of ``size`` to ``content`` pixels,
-    evaluated at output positions ``rows`` (float, in content coordinates)."""
-    scale = _as_float(b, size) / _as_float(b, content)
-    if interpolation == "nearest":
-        index = b.numpy.minimum(b.numpy.floor(rows * scale), _as_float(b, size) - 1.0)
-        return _taps_to_matrix(b, [(index, b.numpy.ones_like(rows))], size)
-    if interpolation == "cubic":
-        return _taps_to_matrix(b, _cubic_taps(b, (rows + 0.5) * scale - 0.5, size), size)
-    if interpolation == "linear":
-        return _taps_to_matrix(b, _linear_taps(b, (rows + 0.5) * scale - 0.5, size), size)
-    # "area": true area averaging when both axes shrink, else OpenCV's area-mode bilinear.
-    start, columns = rows * scale, _as_float(b, b.numpy.arange(size))[None, :]
-    overlap = b.numpy.minimum(start[:, None] + scale, columns + 1.0) - b.numpy.maximum(
-        start[:, None], columns
-    )
-    area = b.numpy.maximum(overlap, 0.0) / scale
+def _area_taps(b: Any, rows: Any, scale: float, size: int) -> list[tuple[Any, Any]]:
+    """Area averaging as ``ceil(scale) + 1`` taps per output (sizes known when tracing):
+    output ``o`` averages source ``[o·scale, (o+1)·scale)``, partial pixels weighted."""
+    start = rows * scale
     first = b.numpy.floor(start)
+    taps = []
+    for offset in range(math.ceil(scale) + 1):
+        index = first + offset
+        overlap = b.numpy.minimum(start + scale, index + 1.0) - b.numpy.maximum(start, index)
+        weight = b.numpy.where(index < size, b.numpy.maximum(overlap, 0.0) / scale, 0.0)
+        taps.append((b.numpy.minimum(index, size - 1.0), weight))
+    return taps
+
+
+def _area_upscale_taps(b: Any, rows: Any, scale: Any, size: Any) -> list[tuple[Any, Any]]:
+    """OpenCV's INTER_AREA when not shrinking both axes: its own bilinear variant."""
+    first = b.numpy.floor(rows * scale)
     fraction = (rows + 1.0) - (first + 1.0) / scale
     fraction = b.numpy.where(fraction <= 0, 0.0, fraction - b.numpy.floor(fraction))
     last = _as_float(b, size) - 1.0
     fraction = b.numpy.where(first >= last, 0.0, fraction)
     first = b.numpy.minimum(first, last)
-    upscale = _taps_to_matrix(
-        b, [(first, 1.0 - fraction), (b.numpy.minimum(first + 1.0, last), fraction)], size
+    return [(first, 1.0 - fraction), (b.numpy.minimum(first + 1.0, last), fraction)]
+
+
+def _axis_taps(
+    b: Any, rows: Any, content: Any, size: Any, interpolation: str, shrinking_both: Any
+) -> list[tuple[Any, Any]] | None:
+    """(source index, weight) pairs per output position ``rows`` (in content coordinates)
+    that resize an axis of ``size`` to ``content`` pixels; None when their number is not
+    known when tracing (area shrinking of a dynamic size)."""
+    scale = _as_float(b, size) / _as_float(b, content)
+    if interpolation == "nearest":
+        index = b.numpy.minimum(b.numpy.floor(rows * scale), _as_float(b, size) - 1.0)
+        return [(index, b.numpy.ones_like(rows))]
+    if interpolation == "cubic":
+        return _cubic_taps(b, (rows + 0.5) * scale - 0.5, size)
+    if interpolation == "linear":
+        return _linear_taps(b, (rows + 0.5) * scale - 0.5, size)
+    static = all(isinstance(v, int | bool) for v in (content, size, shrinking_both))
+    if not static:
+        return None
+    if shrinking_both:
+        return _area_taps(b, rows, size / content, size)
+    return _area_upscale_taps(b, rows, scale, size)
+
+
+def _area_matrix(b: Any, rows: Any, content: Any, size: Any, shrinking_both: Any) -> Any:
+    """INTER_AREA weights (len(rows) × size) for dynamic sizes: true area averaging when both
+    axes shrink, else OpenCV's area-mode bilinear."""
+    scale = _as_float(b, size) / _as_float(b, content)
+    start, columns = rows * scale, _as_float(b, b.numpy.arange(size))[None, :]
+    overlap = b.numpy.minimum(start[:, None] + scale, columns + 1.0) - b.numpy.maximum(
+        start[:, None], columns
     )
+    area = b.numpy.maximum(overlap, 0.0) / scale
+    upscale = _taps_to_matrix(b, _area_upscale_taps(b, rows, scale, size), size)
     return b.numpy.where(shrinking_both, area, upscale)
 
 
@@ -102,6 +131,22 @@ def _resize_rows(b: Any, matrix: Any, images: Any) -> Any:
     rows = b.numpy.reshape(images, (shape[0], shape[1], -1))
     out = b.numpy.matmul(matrix[None], rows)
     return b.numpy.reshape(out, (shape[0], b.shape(matrix)[0], shape[2], images.shape[-1]))
+
+
+def _resize_axis(b: Any, images: Any, taps: Any, matrix: Any, axis: int) -> Any:
+    """Resize axis 1 or 2 of a ``B×H×W×C`` batch with ``taps`` (gathers) or ``matrix``."""
+    if axis == 2:  # gathers of whole rows are fast: put the axis first
+        images = b.numpy.transpose(images, (0, 2, 1, 3))
+    if taps is not None:
+        out = None
+        for index, weight in taps:
+            term = (
+                b.numpy.take(images, b.cast(index, "int32"), axis=1) * weight[None, :, None, None]
+            )
+            out = term if out is None else out + term
+    else:
+        out = _resize_rows(b, matrix, images)
+    return b.numpy.transpose(out, (0, 2, 1, 3)) if axis == 2 else out
 
 
 @register
@@ -138,12 +183,14 @@ class Resize(ImageLayer):
         rows = _as_float(b, b.numpy.arange(target_h) - offset_h)
         cols = _as_float(b, b.numpy.arange(target_w) - offset_w)
         shrinking = (content_h <= height) & (content_w <= width)
-        row_matrix = _axis_matrix(b, rows, content_h, height, self.interpolation, shrinking)
-        col_matrix = _axis_matrix(b, cols, content_w, width, self.interpolation, shrinking)
-        out = _resize_rows(b, row_matrix, images)
-        out = b.numpy.transpose(
-            _resize_rows(b, col_matrix, b.numpy.transpose(out, (0, 2, 1, 3))), (0, 2, 1, 3)
-        )
+        out = images
+        for axis, positions, content, size in (
+            (1, rows, content_h, height),
+            (2, cols, content_w, width),
+        ):
+            taps = _axis_taps(b, positions, content, size, self.interpolation, shrinking)
+            matrix = None if taps else _area_matrix(b, positions, content, size, shrinking)
+            out = _resize_axis(b, out, taps, matrix, axis)
         if self.interpolation == "cubic":
             out = b.numpy.clip(out, 0.0, 255.0)  # OpenCV saturates the cubic overshoot
         if self.fit != "pad":
@@ -173,6 +220,21 @@ class Resize(ImageLayer):
         }
 
 
+def _source_taps(b: Any, src_x: Any, src_y: Any, interpolation: str) -> list[tuple[Any, Any, Any]]:
+    """(row, column, weight) of the source pixels each output pixel reads (weight None: 1)."""
+    if interpolation == "nearest":
+        return [(b.numpy.floor(src_y + 0.5), b.numpy.floor(src_x + 0.5), None)]
+    # OpenCV 5 samples at float coordinates (4.x rounded them to 1/32 pixel).
+    x0, y0 = b.numpy.floor(src_x), b.numpy.floor(src_y)
+    fx, fy = src_x - x0, src_y - y0
+    return [
+        (y0, x0, (1 - fy) * (1 - fx)),
+        (y0, x0 + 1, (1 - fy) * fx),
+        (y0 + 1, x0, fy * (1 - fx)),
+        (y0 + 1, x0 + 1, fy * fx),
+    ]
+
+
 def _warp(
     b: Any,
     images: Any,
@@ -184,30 +246,18 @@ def _warp(
     border: str,
     fill: list[float],
 ) -> Any:
-    """``cv2.warpAffine`` with an inverse map ``inverse`` (B×6: a, b, c, d, e, f)."""
+    """``cv2.warpAffine`` with one inverse map per image (``inverse`` B×6: a, b, c, d, e, f)."""
     height, width = dims(b, images)
     ys = _as_float(b, b.numpy.arange(out_h))[None, :, None]
     xs = _as_float(b, b.numpy.arange(out_w))[None, None, :]
     coef = [b.numpy.reshape(inverse[:, i], (-1, 1, 1)) for i in range(6)]
     src_x = coef[0] * xs + coef[1] * ys + coef[2]
     src_y = coef[3] * xs + coef[4] * ys + coef[5]
-    if interpolation == "nearest":
-        taps = [(b.numpy.floor(src_y + 0.5), b.numpy.floor(src_x + 0.5), None)]
-    else:
-        # OpenCV 5 samples at float coordinates (4.x rounded them to 1/32 pixel).
-        x0, y0 = b.numpy.floor(src_x), b.numpy.floor(src_y)
-        fx, fy = src_x - x0, src_y - y0
-        taps = [
-            (y0, x0, (1 - fy) * (1 - fx)),
-            (y0, x0 + 1, (1 - fy) * fx),
-            (y0 + 1, x0, fy * (1 - fx)),
-            (y0 + 1, x0 + 1, fy * fx),
-        ]
     batch = b.shape(images)[0]
     flat = b.numpy.reshape(images, (batch, -1, images.shape[-1]))
     fill_value = b.convert_to_tensor(fill, "float32")
     result = None
-    for ty, tx, weight in taps:
+    for ty, tx, weight in _source_taps(b, src_x, src_y, interpolation):
         yi, xi = b.cast(ty, "int32"), b.cast(tx, "int32")
         row = border_index(b, yi, height, border)
         col = border_index(b, xi, width, border)
@@ -219,6 +269,49 @@ def _warp(
             value = b.numpy.where(inside[..., None], value, fill_value)
         term = value if weight is None else value * weight[..., None]
         result = term if result is None else result + term
+    return result
+
+
+def _warp_shared(
+    b: Any,
+    images: Any,
+    inverse: Any,
+    out_h: Any,
+    out_w: Any,
+    *,
+    interpolation: str,
+    border: str,
+    fill: list[float],
+) -> Any:
+    """``cv2.warpAffine`` of every image with the same inverse map (``inverse``: 6 numbers).
+
+    The source positions are computed once, and the batch is laid out as a table of pixels
+    (H·W rows of B·C values), so that each tap is one gather of whole rows.
+    """
+    height, width = dims(b, images)
+    ys = _as_float(b, b.numpy.arange(out_h))[:, None]
+    xs = _as_float(b, b.numpy.arange(out_w))[None, :]
+    src_x = inverse[0] * xs + inverse[1] * ys + inverse[2]
+    src_y = inverse[3] * xs + inverse[4] * ys + inverse[5]
+    batch, channels = b.shape(images)[0], images.shape[-1]
+    table = b.numpy.reshape(b.numpy.transpose(images, (1, 2, 0, 3)), (-1, batch * channels))
+    result, outside = None, 0.0
+    for ty, tx, weight in _source_taps(b, src_x, src_y, interpolation):
+        yi, xi = b.cast(ty, "int32"), b.cast(tx, "int32")
+        weight = b.numpy.ones_like(src_x) if weight is None else weight
+        if border == "constant":  # outside taps read nothing; their weight goes to the fill
+            inside = (yi >= 0) & (yi < height) & (xi >= 0) & (xi < width)
+            outside = outside + b.numpy.where(inside, 0.0, weight)
+            weight = b.numpy.where(inside, weight, 0.0)
+        index = border_index(b, yi, height, border) * width + border_index(b, xi, width, border)
+        term = b.numpy.take(table, b.numpy.reshape(index, (-1,)), axis=0)
+        term = term * b.numpy.reshape(weight, (-1, 1))
+        result = term if result is None else result + term
+    result = b.numpy.reshape(result, (out_h, out_w, batch, channels))
+    result = b.numpy.transpose(result, (2, 0, 1, 3))
+    if border == "constant" and any(fill):
+        fill_value = b.convert_to_tensor(fill, "float32")
+        result = result + outside[None, :, :, None] * fill_value
     return result
 
 
@@ -277,8 +370,19 @@ class Rotate(ImageLayer):
         out_h, out_w = (
             _expanded_size(b, height, width, self.angle) if self.expand else (height, width)
         )
-        angles = b.numpy.full((b.shape(images)[0],), self.angle, dtype="float32")
-        return _rotate(b, images, angles, out_h, out_w, self)
+        angle = b.numpy.full((1,), self.angle, dtype="float32")
+        inverse = rotation_inverse(b, angle, height, width, out_h, out_w)[0]
+        fill = ops.fill_for_channels(self.fill, images.shape[-1])
+        return _warp_shared(
+            b,
+            images,
+            inverse,
+            out_h,
+            out_w,
+            interpolation=self.interpolation,
+            border=self.border,
+            fill=list(fill),
+        )
 
     def output_hwc(self, height: Any, width: Any, channels: Any) -> tuple[Any, Any, Any]:
         if not self.expand:
@@ -505,20 +609,3 @@ class RandomAffine(_RandomWarp):
             "zoom": list(self.zoom),
             "shift": list(self.shift),
         }
-
-
-def _rotate(b: Any, images: Any, angles: Any, out_h: Any, out_w: Any, layer: Any) -> Any:
-    """Rotate each image by its angle onto an ``out_h×out_w`` canvas with ``layer``'s
-    interpolation, border and fill."""
-    height, width = dims(b, images)
-    inverse = rotation_inverse(b, angles, height, width, out_h, out_w)
-    return _warp(
-        b,
-        images,
-        inverse,
-        out_h,
-        out_w,
-        interpolation=layer.interpolation,
-        border=layer.border,
-        fill=list(ops.fill_for_channels(layer.fill, images.shape[-1])),
-    )

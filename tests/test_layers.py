@@ -117,7 +117,10 @@ ALL_LAYERS = {
     "Rotate": lambda: kl.Rotate(30, expand=True),
     "RandomGaussianBlur": lambda: kl.RandomGaussianBlur((0.5, 1.5), seed=1),
     "RandomRotation": lambda: kl.RandomRotation((-20, 20), seed=1),
+    "RandomAffine": lambda: kl.RandomAffine(20, 0.2, 0.1, border="reflect101", seed=1),
+    "RandomBrightnessContrast": lambda: kl.RandomBrightnessContrast(0.3, 0.3, seed=1),
 }
+RANDOM_LAYERS = [name for name in ALL_LAYERS if name.startswith("Random")]
 
 
 @pytest.mark.parametrize("name", ALL_LAYERS)
@@ -144,6 +147,15 @@ def test_config_round_trip_gives_identical_output(name):
     np.testing.assert_array_equal(np.asarray(clone(image)), np.asarray(layer(image)))
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is type(layer)
+    if name in RANDOM_LAYERS:  # the same seed gives the same random draws in training
+        fresh, clone = ALL_LAYERS[name](), type(layer).from_config(layer.get_config())
+        image = image.astype(np.float32)
+        first, second = (
+            np.asarray(fresh(image, training=True)),
+            np.asarray(clone(image, training=True)),
+        )
+        assert not np.allclose(first, image)
+        np.testing.assert_allclose(first, second, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -164,7 +176,7 @@ def test_layers_reuse_the_op_validators(factory, match):
         factory()
 
 
-@pytest.mark.parametrize("name", ["RandomGaussianBlur", "RandomRotation"])
+@pytest.mark.parametrize("name", RANDOM_LAYERS)
 def test_random_layers_only_act_in_training(name):
     layer = ALL_LAYERS[name]()
     image = load_photo("chelsea")[:64, :64].astype(np.float32)
@@ -238,3 +250,110 @@ def test_data_layer_base_is_available():
 
     image_layers = [name for name in kl.__all__ if name != "InputScaling"]
     assert all(issubclass(getattr(kl, name), DataLayer) for name in image_layers)
+
+
+def test_one_number_ranges_follow_keras():
+    assert kl.RandomRotation(10).angle_range == kl.RandomRotation(-10).angle_range == (-10, 10)
+    assert kl.RandomAffine(rotation=5, zoom=0.2, shift=-0.1).zoom == (0.8, 1.2)
+    assert kl.RandomAffine(rotation=5, zoom=0.2, shift=-0.1).shift == (-0.1, 0.1)
+    assert kl.RandomGaussianBlur(2.0).sigma_range == (0.0, 2.0)  # a sigma is never negative
+    assert kl.RandomBrightnessContrast(0.25, 0.5).contrast == (0.5, 1.5)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_pad_fill_per_channel_agrees_with_the_op(channels):
+    image = np.random.default_rng(5).integers(0, 256, (30, 50, channels), dtype=np.uint8)
+    for fill in [(255, 0, 0), 114, (10, 20, 30, 40)]:
+        if isinstance(fill, tuple) and len(fill) == 4 and channels != 4:
+            with pytest.raises(ValueError, match="fill"):
+                ops.resize(image, (40, 40), fit="pad", fill=fill)
+            continue
+        layer = kl.Resize((40, 40), fit="pad", fill=fill)
+        got = np.asarray(layer(image[None]))[0]
+        assert got.shape == tuple(layer.compute_output_shape((1, 30, 50, channels)))[1:]
+        expected = ops.resize(image, (40, 40), fit="pad", fill=fill)
+        expected = expected[..., None] if expected.ndim == 2 else expected
+        assert got.shape == expected.shape == (40, 40, channels)
+        assert np.abs(np.rint(got) - expected).max() <= 1
+        corner = ops.fill_for_channels(ops.check_fill(fill), channels)
+        np.testing.assert_array_equal(expected[0, 0], corner)  # the padding itself
+    rgb_on_gray = ops.fill_for_channels((255.0, 0.0, 0.0), 1)
+    assert rgb_on_gray == (76.0,)  # the luma of pure red, as to_grayscale computes it
+    assert ops.fill_for_channels((1.0, 2.0, 3.0), 4) == (1.0, 2.0, 3.0, 255.0)  # opaque
+
+
+@pytest.mark.parametrize("border", ["constant", "replicate", "reflect", "reflect101", "wrap"])
+def test_random_affine_is_opencvs_warp(border):
+    """The fast path (TensorFlow's projective-transform kernel) and the exact gather path
+    both give cv2.warpAffine with getRotationMatrix2D(centre, angle, scale) plus a shift."""
+    import cv2
+
+    from cvprep.keras_layers.geometry import _warp, affine_inverse
+
+    image = ops.resize(load_photo("china"), (70, 90))
+    layer = kl.RandomAffine((12, 12), (0.85, 0.85), (0.1, 0.1), border=border, fill=(9, 99, 199))
+    got = np.asarray(layer(image[None].astype(np.float32), training=True))[0]
+    matrix = cv2.getRotationMatrix2D(((90 - 1) / 2, (70 - 1) / 2), 12, 0.85)
+    matrix[:, 2] += (9.0, 7.0)
+    want = cv2.warpAffine(
+        image, matrix, (90, 70), borderMode=ops.BORDERS[border], borderValue=(9, 99, 199)
+    )
+    assert np.abs(np.rint(got) - want).max() <= 1
+    b = layer.backend
+    inverse = affine_inverse(
+        b, tf.constant([12.0]), tf.constant([0.85]), tf.constant([9.0]), tf.constant([7.0]), 70, 90
+    )
+    exact = _warp(
+        b,
+        tf.constant(image[None], tf.float32),
+        inverse,
+        70,
+        90,
+        interpolation="linear",
+        border=border,
+        fill=[9.0, 99.0, 199.0],
+    )
+    np.testing.assert_allclose(np.asarray(exact)[0], got, atol=0.01)
+
+
+def test_random_brightness_contrast_is_albumentations_colour_jitter():
+    import albumentations as A
+
+    image = ops.resize(load_photo("coffee"), (60, 80))
+    layer = kl.RandomBrightnessContrast((1.2, 1.2), (0.7, 0.7))
+    got = np.asarray(layer(image[None].astype(np.float32), training=True))[0]
+    jitter = A.ColorJitter(
+        brightness=(1.2, 1.2), contrast=(0.7, 0.7), saturation=(1, 1), hue=(0, 0), p=1.0
+    )
+    want = jitter(image=image)["image"].astype(np.float32)
+    # albumentations rounds to uint8 after each step; the layer keeps floats until the end.
+    difference = np.abs(np.rint(got) - want)
+    assert difference.mean() < 1.0 and difference.max() <= 3
+
+
+def test_median_network_is_exact_on_every_0_1_window():
+    from cvprep.keras_layers.filters import sorted_window_median_network
+
+    comparators, output = sorted_window_median_network(5)  # checks itself when built
+    assert 0 <= output < 25 and len(comparators) < 100  # Batcher's full network needs 191
+    rng = np.random.default_rng(11)
+    for _ in range(3):  # plateaus and ties, where order-statistic bugs hide
+        image = rng.integers(0, 4, (21, 33, 3), dtype=np.uint8) * 60
+        for k in (3, 5):
+            got = np.asarray(kl.MedianBlur(k)(image[None]))[0]
+            np.testing.assert_array_equal(got, ops.median_blur(image, k))
+
+
+def test_canny_hysteresis_follows_a_long_winding_chain():
+    # A serpentine weak ridge of ~2,000 pixels with one strong spot at its far end: every
+    # pixel of it is an edge only if the whole chain is followed.
+    image = np.zeros((96, 96), np.uint8)
+    for row in range(4, 92, 8):
+        image[row : row + 2, 4:92] = 40
+        column = 90 if (row // 8) % 2 == 0 else 4
+        image[row : row + 10, column : column + 2] = 40
+    image[84:86, 60:62] = 255
+    expected = ops.canny(image, 60, 200)
+    got = run_layer(kl.CannyEdges(60, 200), image)[..., 0]
+    np.testing.assert_array_equal(got, expected)
+    assert (expected > 0).sum() > 1000

@@ -55,11 +55,13 @@ def _conv_bn(x: Any, filters: int, strides: int = 1) -> Any:
 
 
 def build_cnn(size: int, channels: int, num_classes: int) -> Any:
-    """cvprep's CNN for training from scratch: a strided stem, then stages of two 3×3
-    convolutions with batch normalisation and max-pooling, global average pooling, dropout.
+    """cvprep's CNN for training from scratch: a strided 3×3 stem, three stages of a 3×3
+    convolution with batch normalisation and 2×2 max-pooling (64, 128, 256 filters), a last
+    256-filter convolution, global average pooling, dropout 0.3.
 
-    About the classic CNN's compute, far fewer weights (no 6272×512 dense layer), and it
-    learns from a few thousand photos without overfitting as fast (README: measured figures).
+    About 1.5× the classic CNN's compute with a sixth of its weights (no 6272×512 dense
+    layer); measured on the dev photos it reaches 0.90 validation accuracy in 60 epochs where
+    the classic one stops below 0.80 (README).
     """
     import keras
 
@@ -68,8 +70,7 @@ def build_cnn(size: int, channels: int, num_classes: int) -> Any:
     inputs = keras.Input((size, size, channels))
     x = InputScaling("unit")(inputs)
     x = _conv_bn(x, 32, strides=2)
-    for filters in (48, 96, 192):
-        x = _conv_bn(x, filters)
+    for filters in (64, 128, 256):
         x = _conv_bn(x, filters)
         x = keras.layers.MaxPooling2D(2)(x)
     x = _conv_bn(x, 256)
