@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from cvprep.duplicates import group_labels, near_duplicate_pairs
+from cvprep.dataset.duplicates import group_labels, near_duplicate_pairs
 
 
 def make_hashes(count: int, seed: int = 0) -> np.ndarray:

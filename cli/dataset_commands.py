@@ -473,3 +473,102 @@ def augment_command(
             click.echo(f"passed through unchanged: {', '.join(result.passed_through)}")
         report_rejects(result.rejected, quiet)
     finish(result.ok)
+
+
+def _parse_thresholds(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, float]:
+    from cvprep.dataset.inspect import RULES
+
+    parsed = {}
+    for value in values:
+        name, _, number = value.partition("=")
+        if name not in RULES:
+            raise click.BadParameter(
+                f"{name!r} is not an issue with a threshold; known: {', '.join(RULES)}", ctx, param
+            )
+        try:
+            parsed[name] = float(number)
+        except ValueError:
+            raise click.BadParameter(f"expected ISSUE=NUMBER, got {value!r}", ctx, param) from None
+    return parsed
+
+
+@cli.command("inspect")
+@click.argument("source", metavar="IN", type=existing_dir)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the findings as CSV: path,class,issue,score,detail.",
+)
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a page with thumbnails of the worst cases of each issue (works offline).",
+)
+@click.option(
+    "--threshold",
+    "thresholds",
+    metavar="ISSUE=VALUE",
+    multiple=True,
+    callback=_parse_thresholds,
+    help="Override a cutoff, e.g. --threshold blurry=0.09 --threshold near_duplicate=8 "
+    "(repeatable; the README says what each number means).",
+)
+@workers_option
+@engine_options
+@max_pixels_option
+@quiet_option
+@json_option
+@library_errors
+def inspect_command(
+    source: Path,
+    report: Path | None,
+    html: Path | None,
+    thresholds: dict[str, float],
+    workers: int | None,
+    engine: str,
+    ray_address: str | None,
+    max_pixels: int,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Audit the images under IN before training: duplicates, label conflicts, bad photos.
+
+    Issues: exact_duplicate, near_duplicate, label_conflict (the same or a near-same picture
+    in two classes: both files listed), blurry, dark, bright, low_information, odd_aspect_ratio,
+    odd_size, grayscale, and verify's rejects (unreadable, truncated, ...). Quality issues are
+    judged against the rest of the dataset, with absolute limits. Exit status 0 when nothing
+    is found, 1 when something is. IN is never modified.
+
+    Python: cvprep.dataset.inspect(IN, report=..., html=..., thresholds={...})
+
+    \b
+    Examples:
+      cvprep inspect photos/ --report findings.csv --html report.html
+      cvprep split photos/ data/ --exclude findings.csv:exact_duplicate,near_duplicate
+    """
+    result = dataset.inspect(
+        source,
+        report=report,
+        html=html,
+        thresholds=thresholds,
+        workers=workers,
+        engine=engine,
+        ray_address=ray_address,
+        max_pixels=max_pixels,
+        progress=BarProgress(quiet or as_json),
+    )
+    if as_json:
+        emit_json(result.rows())
+    elif not quiet:
+        if result.findings:
+            echo_table(
+                [[issue, count] for issue, count in result.counts.items()], ["issue", "files"]
+            )
+        click.echo(
+            f"{result.files} files inspected, {len(result.findings)} finding(s)"
+            + (f"; CSV: {report}" if report else "")
+            + (f"; report: {html}" if html else "")
+        )
+    finish(result.ok)

@@ -1,4 +1,5 @@
-"""Dataset jobs as Python functions: the same work as ``cvprep verify/split/preprocess/augment``.
+"""Dataset jobs as Python functions: the same work as ``cvprep verify/inspect/split/preprocess/
+augment``.
 
 Every function takes keyword arguments that mirror the command's options and returns a small
 result object (counts per class, rejected files with reasons, the output path) that the CLI
@@ -16,6 +17,7 @@ True
 
 from cvprep.dataset.augment import AugmentResult, augment
 from cvprep.dataset.engines import ENGINES, Engine, LocalEngine, RayEngine, make_engine
+from cvprep.dataset.inspect import Finding, InspectResult, inspect
 from cvprep.dataset.output import OutputBusyError, SettingsMismatchError
 from cvprep.dataset.preprocess import PreprocessResult, preprocess
 from cvprep.dataset.results import FileResult, Progress, Summary
@@ -30,6 +32,8 @@ __all__ = [
     "EmptyTreeError",
     "Engine",
     "FileResult",
+    "Finding",
+    "InspectResult",
     "LocalEngine",
     "OutputBusyError",
     "PreprocessResult",
@@ -40,6 +44,7 @@ __all__ = [
     "Summary",
     "VerifyResult",
     "augment",
+    "inspect",
     "make_engine",
     "make_shapes_dataset",
     "preprocess",

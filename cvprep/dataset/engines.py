@@ -17,6 +17,7 @@ import ctypes
 import multiprocessing
 import os
 import pickle
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -81,7 +82,7 @@ class LocalEngine:
         self.workers = workers
 
     def map(self, function: Callable[..., Any], tasks: Sequence[Any]) -> Iterator[Any]:
-        if self.workers == 0 or len(tasks) <= 1:
+        if self.workers == 0 or len(tasks) <= 1 or not _workers_can_start():
             init_worker()
             yield from map(function, tasks)
             return
@@ -98,6 +99,16 @@ class LocalEngine:
         chunk = max(1, min(CHUNK_SIZE, len(tasks) // (4 * workers)))
         with context.Pool(workers, initializer=init_worker) as pool:
             yield from pool.imap_unordered(function, tasks, chunksize=chunk)
+
+
+def _workers_can_start() -> bool:
+    """Worker processes re-import the main script: impossible when it is not a file (Python
+    run from standard input), where they would fail and be restarted forever."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return getattr(getattr(main, "__spec__", None), "name", None) is not None or (
+        path is None or os.path.exists(path)
+    )
 
 
 # --------------------------------------------------------------------------- Ray
