@@ -204,7 +204,8 @@ def inspect(
     >>> photos = make_shapes_dataset(tmp / "photos", per_class=8, size=96)
     >>> copy = photos / "round" / "round_000.png"
     >>> _ = (photos / "angular" / "mislabeled.png").write_bytes(copy.read_bytes())
-    >>> _ = cvprep.write_image(photos / "round" / "blank.png", np.full((96, 96, 3), 200, np.uint8))
+    >>> blank = np.full((96, 96, 3), (90, 120, 60), np.uint8)
+    >>> _ = cvprep.write_image(photos / "round" / "blank.png", blank)
     >>> result = inspect(photos, report=tmp / "findings.csv", workers=0)
     >>> result.counts
     {'label_conflict': 2, 'low_information': 1}
@@ -309,7 +310,7 @@ def _quality_findings(
         found.append(
             ("low_information", score, f"entropy {s.entropy:.2f} bits, detail {s.detail:.1f}")
         )
-    elif s.sharpness < limits["blurry"]:  # a plain picture has no edges to be sharp
+    elif s.sharpness < limits["blurry"]:  # a plain picture has no edges, nor colour, to judge
         found.append(
             ("blurry", _below(s.sharpness, limits["blurry"]), f"sharpness {s.sharpness:.3f}")
         )
@@ -330,7 +331,7 @@ def _quality_findings(
         found.append(
             ("odd_size", _below(s.width * s.height, max(smallest, 1.0)), f"{s.width}×{s.height}")
         )
-    if s.colour < limits["grayscale"] and typical["colour"] >= 5.0:
+    if s.colour < limits["grayscale"] and typical["colour"] >= 5.0 and not plain:
         found.append(("grayscale", _below(s.colour, limits["grayscale"]), f"colour {s.colour:.2f}"))
     return [Finding(info.path, info.cls, issue, score, detail) for issue, score, detail in found]
 
