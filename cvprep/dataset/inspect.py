@@ -4,7 +4,8 @@ Every file is read once (local pool or Ray): its SHA-256, a 64-bit perceptual ha
 normalised gray signature and the measurements of :mod:`cvprep.dataset.quality`. Files that
 do not decode get ``verify``'s reasons. Then, over the whole set:
 
-- ``exact_duplicate``: the same bytes as an earlier file (in path order) of the same class;
+- ``exact_duplicate``: the same bytes as another file of the same class; of two copies, the
+  more recently modified is listed (then the one with fewer pixels, then by path);
 - ``near_duplicate``: perceptual hashes within ``near_duplicate`` bits (resized, re-encoded,
   brightened copies) *and* signatures that agree everywhere (a different object drawn on the
   same background differs somewhere), same class;
@@ -53,15 +54,15 @@ SIGNATURE_LIMIT = 14.0  # thumbnail_distance of true copies: ≤ 10.5 measured; 
 # What each threshold means, and its default (None: relative to the dataset, see _limits).
 RULES = {
     "blurry": "sharpness below (default: 0.46 × the dataset's median, at most 0.11)",
-    "dark": "95th-percentile gray level below (default: 0.55 × median, at most 110); also "
-    "dark when the median gray level is below 0.3 × the dataset's median",
+    "dark": "95th-percentile gray level below (default: 0.55 × median, at most 110); by "
+    "default also when the median gray level is below 0.3 × the dataset's median",
     "bright": "5th-percentile gray level above (default: dataset median + 90, at least 110)",
-    "low_information": "gray-level entropy below, in bits (default 3.5); also when the "
-    "gradient energy is below 3 (a smooth ramp)",
+    "low_information": "gray-level entropy below, in bits (default 3.5); by default also "
+    "when the gradient energy is below 3 (a smooth ramp)",
     "odd_aspect_ratio": "long side / short side at or above (default: 1.8 × the dataset's "
     "median, at least 2.5)",
-    "odd_size": "pixel count below this fraction of the dataset's median (default 1/20), or "
-    "a longer side under 32 pixels",
+    "odd_size": "pixel count below this fraction of the dataset's median (default 1/20); by "
+    "default also a longer side under 32 pixels",
     "grayscale": "mean colour difference below, in gray levels (default 1.0), in a set "
     "whose median is 5 or more",
     "near_duplicate": "perceptual-hash distance at most, in bits of 64 (default 6)",
@@ -90,11 +91,18 @@ class FileInfo:
     stats: ImageStats | None = None
     kind: str = ""  # a verify reject kind, when it does not decode
     reason: str = ""
+    modified: float = 0.0  # the newer of two copies is taken for the copy
+
+    def copy_order(self) -> tuple[float, int, str]:
+        """Sort key, original first: older, then more pixels, then path order."""
+        pixels = self.stats.width * self.stats.height if self.stats else 0
+        return (self.modified, -pixels, self.path)
 
 
 def inspect_one(task: InspectTask, data: bytes | None = None) -> FileInfo:
     info = FileInfo(task.relative, class_of(Path(task.relative)) or "")
     try:
+        info.modified = os.stat(task.source).st_mtime
         raw = data if data is not None else Path(task.source).read_bytes()
         info.sha256 = content_hash(raw)
         image = read_image(raw, max_pixels=task.max_pixels)
@@ -194,7 +202,8 @@ def inspect(
         Write a report with thumbnails of the worst cases (images in a folder beside it).
     thresholds : dict, optional
         Override a rule's cutoff, e.g. ``{"blurry": 0.09, "near_duplicate": 8}`` (see
-        :data:`RULES` for what each number means).
+        :data:`RULES` for what each number means; an override replaces the rule's default
+        criteria, so 0 turns a quality rule off).
     workers, engine, ray_address, max_pixels, progress
         As for :func:`cvprep.dataset.verify`.
 
@@ -272,13 +281,16 @@ def _limits(
     limits = {
         "blurry": min(0.11, 0.46 * typical["sharpness"]),
         "dark": min(110.0, 0.55 * typical["luma_high"]),
-        "dark_median": 0.3 * typical["luma_median"],
         "bright": max(110.0, typical["luma_low"] + 90.0),
         "low_information": 3.5,
         "odd_aspect_ratio": max(2.5, 1.8 * typical["aspect"]),
         "odd_size": 1 / 20,
         "grayscale": 1.0,
         "near_duplicate": 6,
+        # Second criteria of three rules; overriding the rule replaces them too.
+        "dark_median": 0.0 if "dark" in override else 0.3 * typical["luma_median"],
+        "smallest_side": 0.0 if "odd_size" in override else 32.0,
+        "least_detail": 0.0 if "low_information" in override else 3.0,
     }
     for name, value in override.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -304,9 +316,11 @@ def _quality_findings(
     s = info.stats
     assert s is not None
     found: list[tuple[str, float, str]] = []
-    plain = s.entropy < limits["low_information"] or s.detail < 3.0
+    plain = s.entropy < limits["low_information"] or s.detail < limits["least_detail"]
     if plain:
-        score = max(_below(s.entropy, limits["low_information"]), _below(s.detail, 3.0))
+        score = max(
+            _below(s.entropy, limits["low_information"]), _below(s.detail, limits["least_detail"])
+        )
         found.append(
             ("low_information", score, f"entropy {s.entropy:.2f} bits, detail {s.detail:.1f}")
         )
@@ -327,7 +341,7 @@ def _quality_findings(
         score = 1 - limits["odd_aspect_ratio"] / ratio / 2
         found.append(("odd_aspect_ratio", score, f"{s.width}×{s.height}"))
     smallest = limits["odd_size"] * typical["pixels"]
-    if s.width * s.height < smallest or max(s.width, s.height) < 32:
+    if s.width * s.height < smallest or max(s.width, s.height) < limits["smallest_side"]:
         found.append(
             ("odd_size", _below(s.width * s.height, max(smallest, 1.0)), f"{s.width}×{s.height}")
         )
@@ -348,7 +362,8 @@ def _duplicate_findings(infos: list[FileInfo], threshold: int) -> list[Finding]:
     by_sha: dict[str, list[int]] = defaultdict(list)
     for index, info in enumerate(infos):
         by_sha[info.sha256].append(index)
-    for group in by_sha.values():  # members in path order
+    for group in by_sha.values():
+        group.sort(key=lambda member: infos[member].copy_order())  # the original first
         first_of_class: dict[str, int] = {}
         for member in group:
             first_of_class.setdefault(infos[member].cls, member)
@@ -370,7 +385,8 @@ def _duplicate_findings(infos: list[FileInfo], threshold: int) -> list[Finding]:
             note(i, "label_conflict", score, j)
             note(j, "label_conflict", score, i)
         else:
-            note(j, "near_duplicate", score, i)
+            original, copy = sorted((i, j), key=lambda member: infos[member].copy_order())
+            note(copy, "near_duplicate", score, original)
     return [
         Finding(infos[i].path, infos[i].cls, issue, score, infos[other].path)
         for (i, issue), (score, other) in best.items()
