@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cvprep.dataset.duplicates import content_hash, near_duplicate_pairs, perceptual_hash
+from cvprep.dataset.duplicates import content_hash, near_duplicate_pairs
 from cvprep.dataset.engines import Engine, make_engine
 from cvprep.dataset.quality import ImageStats, measure, thumbnail_distance
 from cvprep.dataset.results import Progress, tracked
@@ -112,8 +112,8 @@ def inspect_one(task: InspectTask, data: bytes | None = None) -> FileInfo:
     except OSError as exc:
         info.kind, info.reason = "unreadable", f"cannot read file ({exc.strerror})"
         return info
-    info.phash = perceptual_hash(image)
     info.stats = measure(image)
+    info.phash = info.stats.phash
     return info
 
 
