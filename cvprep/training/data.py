@@ -95,6 +95,7 @@ class LoadTask:
     spec_json: str
     size: int
     resize: str
+    gray: bool  # files hold one channel (preprocessed to grayscale or edges)
 
     @property
     def source(self) -> str:
@@ -116,7 +117,9 @@ def load_one(task: LoadTask, data: bytes | None = None) -> tuple[int, np.ndarray
     if task.spec_json not in _PIPELINES:
         _PIPELINES[task.spec_json] = Pipeline.from_json(task.spec_json)
     try:
-        image = read_image(data if data is not None else task.path)
+        image = read_image(
+            data if data is not None else task.path, mode="grayscale" if task.gray else "rgb"
+        )
     except ImageError as exc:
         return task.index, None, f"[{exc.kind}] {exc.reason}"
     return task.index, prepare_image(image, _PIPELINES[task.spec_json], task.size, task.resize), ""
@@ -152,12 +155,14 @@ def load_split(
     cache: str = "auto",
     cache_file: Path | None = None,
     workers: int | None = None,
+    stored_channels: int = 3,
     log: Callable[[str], None] = print,
 ) -> CachedImages:
     """Decode every file of ``split`` once (a thread per core) into a uint8 cache.
 
     ``cache``: ``"memory"``, ``"disk"`` (``cache_file``, memory-mapped) or ``"auto"`` (memory
-    when the images take at most a quarter of the RAM).
+    when the images take at most a quarter of the RAM). ``stored_channels``: 1 when the files
+    were preprocessed to one channel (read as such, not as RGB copies).
     """
     shape = (len(split), size, size, channels)
     needed = int(np.prod(shape))
@@ -171,7 +176,8 @@ def load_split(
     else:
         images = np.empty(shape, np.uint8)
     spec_json = pipeline.to_json()
-    tasks = [LoadTask(i, f, spec_json, size, resize) for i, f in enumerate(split.files)]
+    gray = stored_channels == 1
+    tasks = [LoadTask(i, f, spec_json, size, resize, gray) for i, f in enumerate(split.files)]
     ok = np.zeros(len(split), bool)
     skipped = {}
     # Threads, not processes: OpenCV releases the GIL while decoding and resizing, and the

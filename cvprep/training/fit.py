@@ -143,6 +143,7 @@ def train_with_config(
             splits["train"], config.seed, config.num_processes, config.process_id
         )
     channels = output_channels(full_pipeline(config))
+    stored = output_channels(Pipeline.parse(config.data_spec))  # what DATA's files hold
     write_json(
         out / CONFIG_FILE,
         {
@@ -164,6 +165,7 @@ def train_with_config(
             cache=config.cache,
             cache_file=out / CACHE_FOLDER / f"{name}.npy",
             workers=config.workers,
+            stored_channels=stored,
             log=log,
         )
         for name, split in splits.items()
@@ -181,7 +183,7 @@ def train_with_config(
     with contextlib.suppress(OSError):
         shutil.rmtree(out / BACKUP_FOLDER)
     val_metrics = _cached_metrics(core, cached["val"], config)
-    evaluation = _final_test(model, core, config, test, record, data, channels, log)
+    evaluation = _final_test(model, core, config, test, record, data, channels, stored, log)
     metrics = evaluation.metrics if evaluation else {**val_metrics, "evaluated_on": "val"}
     if evaluation is None:
         log(
@@ -367,8 +369,13 @@ def _fit(
 
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),  # resume after a kill
+        # Not in the first half: a scheduled learning rate is still high there, and the
+        # validation loss of a small set swings.
         keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=True
+            monitor="val_loss",
+            patience=config.patience,
+            restore_best_weights=True,
+            start_from_epoch=initial_epoch + epochs // 2,
         ),
         keras.callbacks.ModelCheckpoint(
             str(out / CHECKPOINT_FILE), monitor="val_loss", save_best_only=True
@@ -409,6 +416,7 @@ def _final_test(
     record: dict[str, Any],
     data: Path,
     channels: int,
+    stored: int,
     log: Callable[[str], None],
 ) -> Evaluation | None:
     """Score the saved raw-image model once on the raw test images (the same code path as
@@ -431,6 +439,7 @@ def _final_test(
         channels=channels,
         cache="memory",
         workers=config.workers,
+        stored_channels=stored,
         log=log,
     )
     probabilities = _predict_cached(core, cached, config)
