@@ -276,7 +276,8 @@ class RandomBrightnessContrast(RandomImageLayer):
         images = b.numpy.clip(images * brightness, 0.0, 255.0)
         gray = images if images.shape[-1] == 1 else luma_fixed_point(b, images[..., :3])
         mean = b.numpy.mean(gray, axis=(1, 2, 3), keepdims=True)
-        return b.numpy.clip((images - mean) * contrast + mean, 0.0, 255.0)
+        # (x - mean) · contrast + mean, as one multiply-add per pixel.
+        return b.numpy.clip(images * contrast + mean * (1.0 - contrast), 0.0, 255.0)
 
     def get_config(self) -> dict[str, Any]:
         return {

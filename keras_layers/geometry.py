@@ -566,13 +566,14 @@ class RandomRotation(_RandomWarp):
 
 @register
 class RandomAffine(_RandomWarp):
-    """A random rotation, zoom and shift per image in one warp (one sampling pass instead of
-    three), like ``cv2.warpAffine`` with ``cv2.getRotationMatrix2D(centre, angle, scale)``
-    plus a shift.
+    """A random rotation, zoom, shift (and optionally a horizontal flip) per image in one
+    warp (one sampling pass instead of several), like ``cv2.warpAffine`` with
+    ``cv2.getRotationMatrix2D(centre, angle, scale)`` plus a shift.
 
     ``rotation``: degrees, one number ``r`` for ``±r`` or ``(low, high)``. ``zoom``: scale
     factor, ``z`` for ``[1 - z, 1 + z]`` or ``(low, high)``. ``shift``: fraction of the width and
-    height, ``s`` for ``±s`` or ``(low, high)``. Active only with ``training=True``.
+    height, ``s`` for ``±s`` or ``(low, high)``. ``flip``: mirror half of the images left to
+    right (part of the same warp, so it costs nothing). Active only with ``training=True``.
     """
 
     def __init__(
@@ -580,6 +581,7 @@ class RandomAffine(_RandomWarp):
         rotation: Any = 15.0,
         zoom: Any = 0.1,
         shift: Any = 0.1,
+        flip: bool = False,
         interpolation: str = "linear",
         border: str = "reflect",
         fill: Any = 0,
@@ -590,6 +592,9 @@ class RandomAffine(_RandomWarp):
         self.rotation = check_range("rotation", rotation)
         self.zoom = check_range("zoom", zoom, around=1.0, minimum=1e-3)
         self.shift = check_range("shift", shift)
+        if not isinstance(flip, bool):
+            raise ValueError(f"`flip` should be True or False. Received: flip={flip!r}")
+        self.flip = flip
 
     def transform(self, images: Any) -> Any:
         b = self.backend
@@ -600,6 +605,14 @@ class RandomAffine(_RandomWarp):
         shift_x = self._uniform(batch, *self.shift) * _as_float(b, width)
         shift_y = self._uniform(batch, *self.shift) * _as_float(b, height)
         inverse = affine_inverse(b, angles, scales, shift_x, shift_y, height, width)
+        if self.flip:  # sample x' = W - 1 - x: the source row of the map, negated and moved
+            mirrored = self._uniform(batch, 0.0, 1.0) < 0.5
+            right = _as_float(b, width) - 1.0
+            flipped = b.numpy.stack([-inverse[:, 0], -inverse[:, 1], right - inverse[:, 2]], axis=1)
+            inverse = b.numpy.concatenate(
+                [b.numpy.where(mirrored[:, None], flipped, inverse[:, :3]), inverse[:, 3:]],
+                axis=1,
+            )
         return self._sample(images, inverse)
 
     def get_config(self) -> dict[str, Any]:
@@ -608,4 +621,5 @@ class RandomAffine(_RandomWarp):
             "rotation": list(self.rotation),
             "zoom": list(self.zoom),
             "shift": list(self.shift),
+            "flip": self.flip,
         }

@@ -212,12 +212,19 @@ def augmentation_layers(preset_name: str, seed: int) -> list[Any]:
 
     preset = get_preset(preset_name)
     layers: list[Any] = []
-    if preset.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if preset.rotation or preset.zoom or preset.shift:
+    if preset.rotation or preset.zoom or preset.shift:  # the flip is part of the same warp
         layers.append(
-            kl.RandomAffine(preset.rotation, preset.zoom, preset.shift, border="reflect", seed=seed)
+            kl.RandomAffine(
+                preset.rotation,
+                preset.zoom,
+                preset.shift,
+                flip=preset.flip,
+                border="reflect",
+                seed=seed,
+            )
         )
+    elif preset.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if preset.brightness or preset.contrast:
         layers.append(kl.RandomBrightnessContrast(preset.brightness, preset.contrast, seed=seed))
     if preset.blur_probability:
@@ -239,7 +246,10 @@ class _PixelNoise:
         self.stddev = stddev
 
     def __call__(self, images: Any, training: bool = False) -> Any:
-        return self.noise(images / 255.0, training=training) * 255.0
+        import tensorflow as tf  # tf.data runs TensorFlow whatever the Keras backend
+
+        noisy = self.noise(images / 255.0, training=training) * 255.0
+        return tf.clip_by_value(noisy, 0.0, 255.0)
 
 
 def encode_labels(labels: Any, num_classes: int) -> Any:
@@ -291,7 +301,7 @@ def make_dataset(
         def augment_batch(batch: Any, batch_labels: Any) -> tuple[Any, Any]:
             for layer in layers:
                 batch = layer(batch, training=True)
-            return tf.clip_by_value(batch, 0.0, 255.0), batch_labels
+            return batch, batch_labels
 
         dataset = dataset.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
