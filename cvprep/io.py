@@ -118,8 +118,9 @@ def read_image(
         )
     name, data = _load_bytes(source)
     header = _read_header(name, data, max_pixels)
-    image = _decode(name, data, header, reduce=reduce)
-    image = _to_rgb(image, header, alpha=alpha, background=background)
+    image, is_rgb = _decode(name, data, header, reduce=reduce)
+    if not is_rgb:
+        image = _to_rgb(image, header, alpha=alpha, background=background)
     if mode == "grayscale":
         return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     return image
@@ -238,15 +239,26 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def _jpeg_is_truncated(data: bytes) -> bool:
     # Entropy-coded data never contains FF D9, so a complete file has the end-of-image
-    # marker after its last start-of-scan; trailing bytes after EOI are tolerated.
+    # marker after its last start-of-scan; trailing bytes after EOI are tolerated. Nearly
+    # every file ends with that marker: look at its last bytes before scanning it all.
+    tail = data[-64:]
+    end = tail.rfind(b"\xff\xd9")
+    if end >= 0 and tail.find(b"\xff\xda", end) < 0:
+        return False
     last_scan = data.rfind(b"\xff\xda")
     return last_scan >= 0 and data.find(b"\xff\xd9", last_scan) < 0
 
 
-def _decode(name: str, data: bytes, header: _Header, *, reduce: int) -> np.ndarray:
+def _decode(name: str, data: bytes, header: _Header, *, reduce: int) -> tuple[np.ndarray, bool]:
+    """The decoded pixels, and whether OpenCV already delivered them as 8-bit RGB."""
     buffer = np.frombuffer(data, np.uint8)
     keep_alpha = header.has_alpha
-    if reduce > 1 and not keep_alpha:
+    # A JPEG is 8-bit without alpha: the decoder can write RGB itself (gray and CMYK
+    # converted, EXIF orientation applied), which saves a full-size conversion pass.
+    direct_rgb = header.format == "jpeg" and reduce == 1 and not keep_alpha
+    if direct_rgb:
+        flags = cv2.IMREAD_COLOR_RGB
+    elif reduce > 1 and not keep_alpha:
         flags = _REDUCED_FLAGS[reduce]
     elif keep_alpha:
         flags = cv2.IMREAD_UNCHANGED  # keeps alpha; EXIF orientation is applied below
@@ -270,7 +282,7 @@ def _decode(name: str, data: bytes, header: _Header, *, reduce: int) -> np.ndarr
             (max(1, image.shape[1] // reduce), max(1, image.shape[0] // reduce)),
             interpolation=cv2.INTER_AREA,
         )
-    return image
+    return image, direct_rgb
 
 
 def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -370,10 +382,19 @@ def write_image(
     return target
 
 
+def _temporary_beside(target: Path) -> tuple[int, str]:
+    """A new temporary file in ``target``'s folder, creating the folder only when missing
+    (not one ``mkdir`` call per file written)."""
+    try:
+        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+
+
 def atomic_write_bytes(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` via a temporary file and ``os.replace``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = _temporary_beside(target)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -386,8 +407,7 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
 
 def copy_atomic(source: Path, target: Path) -> None:
     """Copy a file (with its metadata) via a temporary file and ``os.replace``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = _temporary_beside(target)
     os.close(fd)
     try:
         shutil.copy2(source, tmp)

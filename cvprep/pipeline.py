@@ -16,6 +16,7 @@ only where they differ from the default. Parsing that text gives an equal pipeli
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -423,6 +424,13 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({self.to_text()!r})"
+
+
+@functools.lru_cache(maxsize=16)
+def pipeline_from_json(text: str) -> Pipeline:
+    """:meth:`Pipeline.from_json`, parsed once per process (worker processes and threads get
+    the same spec for every image)."""
+    return Pipeline.from_json(text)
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

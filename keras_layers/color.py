@@ -11,7 +11,6 @@ from cvprep.keras_layers.base import (
     check_range,
     dims,
     luma_fixed_point,
-    mix_channels,
     pad_index,
     register,
 )
@@ -29,23 +28,27 @@ def _descale(b: Any, values: Any) -> Any:
     return b.numpy.floor((values + 8192.0) * (1.0 / 16384.0))
 
 
-def _constant(b: Any, values: list[list[float]]) -> Any:
-    return b.convert_to_tensor(values, "float32")
-
-
 def _luma_and_chroma(b: Any, rgb: Any) -> tuple[Any, Any]:
     """OpenCV's 8-bit RGB → YCrCb as ``(Y, what Cr and Cb add to R, G, B)``.
 
-    Equalisation changes Y only, so the way back to RGB is ``Y' + chroma``: the chroma term
-    is computed once, with OpenCV's fixed-point constants. Each matrix product is exact in
-    float32 (every partial sum stays below 2^24).
+    Equalisation changes Y only, so the way back to RGB is ``Y' + chroma``: the chroma term is
+    computed once, with OpenCV's fixed-point constants. Cr and Cb are kept centred on 0:
+    descale(x + 128·2^14) - 128 = descale(x) exactly, which saves two passes each.
+    (Element-wise on channel slices: measured faster here than channel matrix products.)
     """
-    luma = _descale(b, mix_channels(b, rgb, _constant(b, [[4899.0], [9617.0], [1868.0]])))
-    red_blue = b.numpy.concatenate([rgb[..., 0:1], rgb[..., 2:3]], axis=-1) - luma
-    scale = _constant(b, [[11682.0, 9241.0]])[0]
-    crcb = b.numpy.clip(_descale(b, red_blue * scale + 128.0 * 16384.0), 0, 255) - 128.0
-    to_rgb = _constant(b, [[22987.0, -11698.0, 0.0], [0.0, -5636.0, 29049.0]])
-    return luma, _descale(b, mix_channels(b, crcb, to_rgb))
+    red, green, blue = rgb[..., 0:1], rgb[..., 1:2], rgb[..., 2:3]
+    luma = _descale(b, red * 4899.0 + green * 9617.0 + blue * 1868.0)
+    cr = b.numpy.clip(_descale(b, (red - luma) * 11682.0), -128.0, 127.0)
+    cb = b.numpy.clip(_descale(b, (blue - luma) * 9241.0), -128.0, 127.0)
+    chroma = b.numpy.concatenate(
+        [
+            _descale(b, cr * 22987.0),
+            _descale(b, cb * -5636.0 + cr * -11698.0),
+            _descale(b, cb * 29049.0),
+        ],
+        axis=-1,
+    )
+    return luma, chroma
 
 
 def _map_luma(b: Any, pixels: Any, equalise: Any) -> Any:

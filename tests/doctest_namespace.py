@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-NEEDS_A_RUN = ("cvprep.training.evaluate", "cvprep.training.export")
+NEEDS_A_RUN = (
+    "cvprep.training.evaluate",
+    "cvprep.training.export",
+    "cvprep.training.run",
+    "cvprep.training.fit.train_with_config",
+)
 
 
 @pytest.fixture(scope="session")

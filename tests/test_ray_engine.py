@@ -62,3 +62,20 @@ def test_ray_engine_matches_the_local_engine(tmp_path, local_ray):
         )
     assert verified["ray"] == verified["local"] and len(verified["ray"]) == 10
     assert tree_snapshot(source) == before
+
+
+def test_inspect_and_split_on_ray_match_the_local_engine(tmp_path, local_ray):
+    from cvprep import dataset
+
+    source = tmp_path / "in"
+    make_messy_folder(source)
+    photo = source / "cats" / "plain.jpg"
+    (source / "dogs" / "same_as_a_cat.jpg").write_bytes(photo.read_bytes())
+    local = dataset.inspect(source, workers=2)
+    on_ray = dataset.inspect(source, workers=2, engine="ray")
+    assert on_ray.rows() == local.rows()
+    assert {"label_conflict", "truncated", "too_large"} <= set(local.counts)
+    split_local = dataset.split(source, tmp_path / "local", seed=3, workers=2)
+    split_ray = dataset.split(source, tmp_path / "ray", seed=3, workers=2, engine="ray")
+    assert split_ray.rows == split_local.rows
+    assert tree_snapshot(tmp_path / "ray" / "train") == tree_snapshot(tmp_path / "local" / "train")

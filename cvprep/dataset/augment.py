@@ -7,6 +7,7 @@ unchanged, so evaluation never sees synthetic data. The presets mean the same tr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -67,15 +68,12 @@ class AugmentTask:
         return os.path.join(self.source_root, self.relative)
 
 
-_TRANSFORMS: dict[str, Any] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _transform(serialised: str) -> Any:
+    """The pipeline, rebuilt once per worker process, not once per image."""
     import albumentations as A
 
-    if serialised not in _TRANSFORMS:
-        _TRANSFORMS[serialised] = A.from_dict(json.loads(serialised))
-    return _TRANSFORMS[serialised]
+    return A.from_dict(json.loads(serialised))
 
 
 def augmented_name(relative: str, copy: int) -> str:

@@ -43,7 +43,15 @@ def default_workers() -> int:
 def make_engine(
     engine: str | Engine = "local", *, workers: int | None = None, ray_address: str | None = None
 ) -> Engine:
-    """An engine by name (``"local"`` or ``"ray"``), or ``engine`` itself if it is one."""
+    """An engine by name (``"local"`` or ``"ray"``), or ``engine`` itself if it is one.
+
+    Examples
+    --------
+    >>> from cvprep.dataset import make_engine
+    >>> engine = make_engine("local", workers=0)  # 0: in this process
+    >>> sorted(engine.map(abs, [-2, 1, -3]))
+    [1, 2, 3]
+    """
     if not isinstance(engine, str):
         return engine
     if workers is not None and workers < 0:

@@ -29,7 +29,7 @@ from cvprep.io import (
     read_image,
 )
 from cvprep.ops import to_uint8
-from cvprep.pipeline import Pipeline
+from cvprep.pipeline import Pipeline, pipeline_from_json
 
 COMMAND = "preprocess"
 FORMATS = ("jpg", "png", "webp")
@@ -52,16 +52,6 @@ class PreprocessTask:
         return os.path.join(self.source_root, self.relative)
 
 
-_PIPELINES: dict[str, Pipeline] = {}
-
-
-def _pipeline(spec_json: str) -> Pipeline:
-    # Parsed once per worker process, not once per image.
-    if spec_json not in _PIPELINES:
-        _PIPELINES[spec_json] = Pipeline.from_json(spec_json)
-    return _PIPELINES[spec_json]
-
-
 def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResult:
     """Decode, process, encode and atomically write one file (``data``: already-read bytes)."""
     target = os.path.join(task.output_root, task.output_relative)
@@ -76,7 +66,7 @@ def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResul
     except ImageError as exc:
         return FileResult(task.relative, "rejected", exc.kind, exc.reason)
     try:
-        result = _pipeline(task.spec_json).apply(image)
+        result = pipeline_from_json(task.spec_json).apply(image)
         encoded = encode_image(to_uint8(result), os.path.splitext(target)[1], quality=task.quality)
     except (ValueError, cv2.error) as exc:
         return FileResult(task.relative, "rejected", "unprocessable", f"pipeline failed: {exc}")

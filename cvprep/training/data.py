@@ -24,7 +24,7 @@ from cvprep.dataset.engines import default_workers
 from cvprep.errors import CvprepError, ImageError, ParameterError
 from cvprep.files import EmptyTreeError, class_of, list_tree
 from cvprep.io import read_image
-from cvprep.pipeline import Pipeline
+from cvprep.pipeline import Pipeline, pipeline_from_json
 
 SPLITS = ("train", "val", "test")
 MEMORY_SHARE = 0.25  # cache in memory up to this share of the machine's RAM
@@ -109,20 +109,16 @@ def prepare_image(image: np.ndarray, pipeline: Pipeline, size: int, resize: str)
     return result[:, :, None] if result.ndim == 2 else result
 
 
-_PIPELINES: dict[str, Pipeline] = {}
-
-
 def load_one(task: LoadTask, data: bytes | None = None) -> tuple[int, np.ndarray | None, str]:
     """Decode and prepare one file; ``(index, image or None, error)``."""
-    if task.spec_json not in _PIPELINES:
-        _PIPELINES[task.spec_json] = Pipeline.from_json(task.spec_json)
     try:
         image = read_image(
             data if data is not None else task.path, mode="grayscale" if task.gray else "rgb"
         )
     except ImageError as exc:
         return task.index, None, f"[{exc.kind}] {exc.reason}"
-    return task.index, prepare_image(image, _PIPELINES[task.spec_json], task.size, task.resize), ""
+    pipeline = pipeline_from_json(task.spec_json)
+    return task.index, prepare_image(image, pipeline, task.size, task.resize), ""
 
 
 @dataclass

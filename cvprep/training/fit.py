@@ -122,7 +122,17 @@ def train(
 def train_with_config(
     config: TrainConfig, *, verbose: int = 0, log: Callable[[str], None] = lambda _: None
 ) -> TrainResult:
-    """:func:`train` with a ready :class:`TrainConfig`."""
+    """:func:`train` with a ready :class:`TrainConfig` (e.g. one read from a ``config.json``).
+
+    Examples
+    --------
+    >>> import json
+    >>> from cvprep.training import TrainConfig, train_with_config
+    >>> config = TrainConfig.from_dict(json.loads((trained_run / "config.json").read_text()))
+    >>> config.out, config.epochs = str(tmp / "again"), 1
+    >>> train_with_config(config).metrics["epochs_run"]
+    1
+    """
     import keras
 
     started = time.perf_counter()

@@ -61,7 +61,15 @@ class Run:
 
 
 def load_run(folder: str | Path) -> Run:
-    """Load ``model.keras``, ``labels.json`` and ``config.json`` of a ``cvprep train`` run."""
+    """Load ``model.keras``, ``labels.json`` and ``config.json`` of a ``cvprep train`` run.
+
+    Examples
+    --------
+    >>> from cvprep.training import load_run
+    >>> run = load_run(trained_run)
+    >>> run.classes, run.model.input_shape
+    (['angular', 'round'], (None, None, None, 3))
+    """
     import keras
 
     import cvprep.keras_layers  # noqa: F401  (registers cvprep's layers for loading)
