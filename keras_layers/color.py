@@ -257,7 +257,8 @@ def _tile_coords(b: Any, size: Any, tile: Any, tiles: int) -> tuple[Any, Any, An
 class RandomBrightnessContrast(RandomImageLayer):
     """Random brightness and contrast per image, with torchvision's ``ColorJitter`` rules (as
     albumentations' ``ColorJitter``, used by ``cvprep augment``): pixels × a brightness factor,
-    then a blend with the image's mean gray by a contrast factor, clipped to [0, 255].
+    then a blend with the image's mean gray by a contrast factor, clipped to [0, 255]. Always in
+    that order; ColorJitter draws a random order per image, which changes the result slightly.
 
     ``brightness`` and ``contrast``: ``f`` for factors in ``[1 - f, 1 + f]``, or ``(low, high)``.
     Active only with ``training=True``.

@@ -325,7 +325,10 @@ def test_random_brightness_contrast_is_albumentations_colour_jitter():
     jitter = A.ColorJitter(
         brightness=(1.2, 1.2), contrast=(0.7, 0.7), saturation=(1, 1), hue=(0, 0), p=1.0
     )
-    want = jitter(image=image)["image"].astype(np.float32)
+    # ColorJitter shuffles the order of its steps per image; the layer's order is brightness, then
+    # contrast (albumentations' order [0, 1, 2, 3]), so that is the one compared.
+    colour = {"brightness": 1.2, "contrast": 0.7, "saturation": 1.0, "hue": 0.0}
+    want = jitter.apply(image, **colour, order=[0, 1, 2, 3]).astype(np.float32)
     # albumentations rounds to uint8 after each step; the layer keeps floats until the end.
     difference = np.abs(np.rint(got) - want)
     assert difference.mean() < 1.0 and difference.max() <= 3
