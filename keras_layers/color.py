@@ -51,16 +51,28 @@ def _luma_and_chroma(b: Any, rgb: Any) -> tuple[Any, Any]:
     return luma, chroma
 
 
-def _map_luma(b: Any, pixels: Any, equalise: Any) -> Any:
-    """Apply ``equalise`` (on ``B×H×W×1`` integer-valued luma) like ``ops._map_luma``;
-    ``pixels`` hold whole values in [0, 255]."""
-    if pixels.shape[-1] == 1:
-        return equalise(pixels)
-    luma, chroma = _luma_and_chroma(b, pixels[..., :3])
-    rgb = b.numpy.clip(equalise(luma) + chroma, 0, 255)
-    if pixels.shape[-1] == 4:
-        rgb = b.numpy.concatenate([rgb, pixels[..., 3:]], axis=-1)
-    return rgb
+class _LumaLayer(ImageLayer):
+    """Equalises luma like ``ops._map_luma``: one channel as is, colour through OpenCV's
+    YCrCb (alpha kept). Subclasses implement ``equalise`` on ``B×H×W×1`` integer-valued luma.
+    """
+
+    def equalise(self, luma: Any) -> Any:
+        raise NotImplementedError
+
+    def transform(self, images: Any) -> Any:
+        if images.shape[-1] == 1:
+            return self.equalise(self.pixels(images))
+        luma, chroma = self.compiled("_split_luma", images)
+        return self.compiled("_merge_luma", self.equalise(luma), chroma, images)
+
+    def _split_luma(self, images: Any) -> tuple[Any, Any]:
+        return _luma_and_chroma(self.backend, self.pixels(images[..., :3]))
+
+    def _merge_luma(self, luma: Any, chroma: Any, images: Any) -> Any:
+        rgb = self.backend.numpy.clip(luma + chroma, 0, 255)
+        if images.shape[-1] == 4:
+            rgb = self.backend.numpy.concatenate([rgb, self.pixels(images[..., 3:])], axis=-1)
+        return rgb
 
 
 def _histograms(b: Any, rows: Any) -> Any:
@@ -129,7 +141,7 @@ class Grayscale(ImageLayer):
 
 
 @register
-class HistogramEqualization(ImageLayer):
+class HistogramEqualization(_LumaLayer):
     """``cv2.equalizeHist`` per image (never pooled over the batch); colour equalises luma only.
 
     Matches :func:`cvprep.ops.equalize_hist` exactly on uint8 input.
@@ -139,13 +151,15 @@ class HistogramEqualization(ImageLayer):
         super().__init__(**kwargs)
         ops.check_equalize()
 
-    def transform(self, images: Any) -> Any:
-        b = self.backend
-        return _map_luma(b, self.pixels(images), lambda luma: _equalise_luma(b, luma))
+    def equalise(self, luma: Any) -> Any:
+        return self.compiled("_equalise", luma)
+
+    def _equalise(self, luma: Any) -> Any:
+        return _equalise_luma(self.backend, luma)
 
 
 @register
-class CLAHE(ImageLayer):
+class CLAHE(_LumaLayer):
     """Contrast-limited adaptive histogram equalisation, OpenCV's algorithm, per image.
 
     ``tile_grid`` is ``(rows, columns)``. Colour input equalises luma only, like
@@ -158,17 +172,41 @@ class CLAHE(ImageLayer):
         self.clip_limit = params["clip_limit"]
         self.tile_grid = params["tile_grid"]
 
-    def transform(self, images: Any) -> Any:
-        return _map_luma(self.backend, self.pixels(images), self._clahe)
+    def equalise(self, luma: Any) -> Any:
+        # The blend stays out of XLA: XLA's CPU code may fuse its multiply-adds (FMA), which
+        # moves a few values off OpenCV's float32 rounding by 1. The table lookups go in.
+        b = self.backend
+        corners, xa, ya = self.compiled("_corner_lookups", luma)
+        ya, xa = ya[None, :, None], xa[None, None, :]
+        top = corners[0] * (1.0 - xa) + corners[1] * xa
+        bottom = corners[2] * (1.0 - xa) + corners[3] * xa
+        result = top * (1.0 - ya) + bottom * ya
+        return b.numpy.expand_dims(b.numpy.clip(b.numpy.round(result), 0, 255), -1)
 
-    def _clahe(self, luma: Any) -> Any:
+    def _corner_lookups(self, luma: Any) -> tuple[Any, Any, Any]:
+        """Each pixel's value in the tables of its four nearest tiles (``4×B×H×W``) and the
+        horizontal and vertical interpolation weights."""
         b = self.backend
         tiles_y, tiles_x = self.tile_grid
         height, width = dims(b, luma)
         padded = self._pad_to_tiles(luma, height, width)
         tile_h, tile_w = b.shape(padded)[1] // tiles_y, b.shape(padded)[2] // tiles_x
         luts = self._tile_luts(padded, tile_h, tile_w)  # B×tilesY×tilesX×256
-        return self._interpolate(luma, luts, height, width, tile_h, tile_w)
+        ty1, ty2, ya = _tile_coords(b, height, tile_h, tiles_y)
+        tx1, tx2, xa = _tile_coords(b, width, tile_w, tiles_x)
+        flat_luts = b.numpy.reshape(luts, (-1,))
+        # Each pixel's value in its image's block of tiles_y · tiles_x tables of 256 entries.
+        values = (
+            b.cast(luma[..., 0], "int32")
+            + _batch_offsets(b, b.shape(luma)[0], tiles_y * tiles_x * _BINS)[..., 0]
+        )
+
+        def lookup(ty: Any, tx: Any) -> Any:
+            index = (ty[:, None] * tiles_x + tx[None, :]) * _BINS  # H×W
+            return b.numpy.take(flat_luts, index[None] + values)
+
+        corners = [lookup(ty1, tx1), lookup(ty1, tx2), lookup(ty2, tx1), lookup(ty2, tx2)]
+        return b.numpy.stack(corners), xa, ya
 
     def _pad_to_tiles(self, luma: Any, height: Any, width: Any) -> Any:
         # OpenCV pads both axes (reflect-101) whenever either is not divisible by its tile
@@ -209,31 +247,6 @@ class CLAHE(ImageLayer):
         scale = 255.0 / area
         luts = b.numpy.clip(b.numpy.round(b.numpy.cumsum(hist, axis=1) * scale), 0, 255)
         return b.numpy.reshape(luts, (batch, tiles_y, tiles_x, _BINS))
-
-    def _interpolate(
-        self, luma: Any, luts: Any, height: Any, width: Any, tile_h: Any, tile_w: Any
-    ) -> Any:
-        b = self.backend
-        tiles_y, tiles_x = self.tile_grid
-        ty1, ty2, ya = _tile_coords(b, height, tile_h, tiles_y)
-        tx1, tx2, xa = _tile_coords(b, width, tile_w, tiles_x)
-        batch = b.shape(luma)[0]
-        flat_luts = b.numpy.reshape(luts, (-1,))
-        # Each pixel's value in its image's block of tiles_y · tiles_x tables of 256 entries.
-        values = (
-            b.cast(luma[..., 0], "int32")
-            + _batch_offsets(b, batch, tiles_y * tiles_x * _BINS)[..., 0]
-        )
-
-        def lookup(ty: Any, tx: Any) -> Any:
-            index = (ty[:, None] * tiles_x + tx[None, :]) * _BINS  # H×W
-            return b.numpy.take(flat_luts, index[None] + values)
-
-        ya, xa = ya[None, :, None], xa[None, None, :]
-        top = lookup(ty1, tx1) * (1.0 - xa) + lookup(ty1, tx2) * xa
-        bottom = lookup(ty2, tx1) * (1.0 - xa) + lookup(ty2, tx2) * xa
-        result = top * (1.0 - ya) + bottom * ya
-        return b.numpy.expand_dims(b.numpy.clip(b.numpy.round(result), 0, 255), -1)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -268,9 +268,10 @@ class MedianBlur(ImageLayer):
         self.ksize = ops.check_median_blur(ksize)["ksize"]
 
     def transform(self, images: Any) -> Any:
+        return images if self.ksize == 1 else self.compiled("_median_blur", images)
+
+    def _median_blur(self, images: Any) -> Any:
         b, k = self.backend, self.ksize
-        if k == 1:
-            return images
         radius = k // 2
         if radius == 1:  # one pixel of replicate padding is the backend's symmetric padding
             padded = b.numpy.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), "symmetric")

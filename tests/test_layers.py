@@ -244,6 +244,44 @@ def test_dynamic_shapes_in_tf_function():
         np.testing.assert_allclose(graph.numpy(), direct, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "spec", ["equalize", "clahe=2:tile_grid=4x5", "median_blur=3", "median_blur=5"]
+)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_compiled_and_plain_paths_are_both_exact(spec, channels):
+    # Known sizes run through XLA on TensorFlow, unknown sizes through the plain graph; XLA
+    # is free to contract multiply-adds, so both are held to OpenCV's exact output on sizes
+    # that need CLAHE's padding and fractional interpolation weights.
+    pipeline = Pipeline.parse(spec)
+    (layer,) = pipeline.layers()
+    rng = np.random.default_rng(channels)
+    images = rng.integers(0, 256, (2, 37, 53, channels), dtype=np.uint8)
+    want = np.stack([pipeline.apply(image).reshape(37, 53, channels) for image in images])
+    compiled = np.asarray(layer(images))
+    unknown_size = tf.TensorSpec((None, None, None, channels), tf.float32)
+    plain = tf.function(layer, input_signature=[unknown_size])(images.astype(np.float32))
+    np.testing.assert_array_equal(compiled, want)
+    np.testing.assert_array_equal(plain.numpy(), want)
+
+
+def test_layers_compile_only_known_sizes_on_tensorflow(monkeypatch):
+    from cvprep.keras_layers import base
+
+    compiled_shapes = []
+    xla = base._compiled_method()
+
+    def spy(layer, method, whole_input, *tensors):
+        compiled_shapes.append(tuple(tensors[0].shape))
+        return xla(layer, method, whole_input, *tensors)
+
+    monkeypatch.setattr(base, "_compiled_method", lambda: spy)
+    layer = kl.MedianBlur(5)
+    layer(np.zeros((1, 8, 9, 3), np.uint8))
+    unknown_size = tf.TensorSpec((None, None, None, 3), tf.float32)
+    tf.function(layer, input_signature=[unknown_size]).get_concrete_function()
+    assert compiled_shapes == [(1, 8, 9, 3)]
+
+
 def test_data_layer_base_is_available():
     """We build on Keras' private DataLayer; fail loudly if a Keras upgrade moves it."""
     from keras.src.layers.preprocessing.data_layer import DataLayer
