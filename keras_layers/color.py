@@ -176,16 +176,19 @@ class CLAHE(_LumaLayer):
         # The blend stays out of XLA: XLA's CPU code may fuse its multiply-adds (FMA), which
         # moves a few values off OpenCV's float32 rounding by 1. The table lookups go in.
         b = self.backend
-        corners, xa, ya = self.compiled("_corner_lookups", luma)
+        top_left, top_right, bottom_left, bottom_right, xa, ya = self.compiled(
+            "_corner_lookups", luma
+        )
         ya, xa = ya[None, :, None], xa[None, None, :]
-        top = corners[0] * (1.0 - xa) + corners[1] * xa
-        bottom = corners[2] * (1.0 - xa) + corners[3] * xa
-        result = top * (1.0 - ya) + bottom * ya
-        return b.numpy.expand_dims(b.numpy.clip(b.numpy.round(result), 0, 255), -1)
+        top = top_left * (1.0 - xa) + top_right * xa
+        bottom = bottom_left * (1.0 - xa) + bottom_right * xa
+        # A blend of table values in [0, 255] with weights summing to 1 rounds into [0, 255]:
+        # no clipping pass.
+        return b.numpy.expand_dims(b.numpy.round(top * (1.0 - ya) + bottom * ya), -1)
 
-    def _corner_lookups(self, luma: Any) -> tuple[Any, Any, Any]:
-        """Each pixel's value in the tables of its four nearest tiles (``4×B×H×W``) and the
-        horizontal and vertical interpolation weights."""
+    def _corner_lookups(self, luma: Any) -> tuple[Any, ...]:
+        """Each pixel's value in the tables of its four nearest tiles (top left, top right,
+        bottom left, bottom right; ``B×H×W`` each) and the horizontal and vertical weights."""
         b = self.backend
         tiles_y, tiles_x = self.tile_grid
         height, width = dims(b, luma)
@@ -205,8 +208,7 @@ class CLAHE(_LumaLayer):
             index = (ty[:, None] * tiles_x + tx[None, :]) * _BINS  # H×W
             return b.numpy.take(flat_luts, index[None] + values)
 
-        corners = [lookup(ty1, tx1), lookup(ty1, tx2), lookup(ty2, tx1), lookup(ty2, tx2)]
-        return b.numpy.stack(corners), xa, ya
+        return lookup(ty1, tx1), lookup(ty1, tx2), lookup(ty2, tx1), lookup(ty2, tx2), xa, ya
 
     def _pad_to_tiles(self, luma: Any, height: Any, width: Any) -> Any:
         # OpenCV pads both axes (reflect-101) whenever either is not divisible by its tile
