@@ -1,6 +1,6 @@
 """`cvprep inspect` on real photos: speed against `verify`, and what it finds.
 
-    python benchmarks/inspect.py [--photos DIR] [--per-kind 40] [--repeats 2]
+    python benchmarks/inspect_dataset.py [--photos DIR] [--per-kind 40] [--repeats 2]
 
 1. Throughput: inspect and verify on the same tree (the dev photos), same run, 2 workers,
    best of ``--repeats``; ratio = inspect / verify (both decode every file once).

@@ -53,14 +53,20 @@ class ImageLayer(DataLayer):
         """``getattr(self, method)(*tensors)``, as one XLA cluster on the TensorFlow backend.
 
         For steps made of many small element-wise operations, which XLA fuses into a few
-        loops: 2-4x faster on CPU (benchmarks/layers.py), same values; SavedModel and TFLite
-        export keep plain ops. Only when every height and width is known while tracing: with
-        unknown sizes (a ``tf.data`` map over photos of varying size) XLA would compile once
-        per new size, so those keep the plain graph. One step per cluster, not a whole
-        layer: XLA copies a cheap producer into each consumer, and a luma computed once feeds
-        a histogram and four table lookups.
+        loops: 1.5-4x faster on CPU (benchmarks/layers.py), same values within each layer's
+        stated tolerance; SavedModel and TFLite export keep plain ops. Only inside a graph
+        (``tf.function``, ``tf.data``, ``predict``/``fit``, export) and only when every height
+        and width is known while tracing: XLA compiles once per new size, which eager calls
+        on photos of many sizes, or a ``tf.data`` map over them (unknown sizes), would pay
+        again and again; those run the plain ops. One step per cluster, not a whole layer:
+        XLA copies a cheap producer into each consumer, and a luma computed once feeds a
+        histogram and four table lookups.
         """
-        if self.backend.name == "tensorflow" and all(_static_size(t) for t in tensors):
+        if (
+            self.backend.name == "tensorflow"
+            and all(_static_size(t) for t in tensors)
+            and not _executing_eagerly()
+        ):
             return _compiled_method()(self, method, self._whole_input, *tensors)
         return getattr(self, method)(*tensors)
 
@@ -104,6 +110,12 @@ class RandomImageLayer(ImageLayer):
 
 def _static_size(images: Any) -> bool:
     return len(images.shape) == 4 and None not in tuple(images.shape[1:3])
+
+
+def _executing_eagerly() -> bool:
+    import tensorflow as tf  # only reached on the TensorFlow backend
+
+    return tf.executing_eagerly()
 
 
 def _call_method(layer: ImageLayer, method: str, whole_input: bool, *tensors: Any) -> Any:

@@ -130,6 +130,9 @@ class Grayscale(ImageLayer):
         self.keep_channels = ops.check_grayscale(keep_channels=keep_channels)["keep_channels"]
 
     def transform(self, images: Any) -> Any:
+        return self.compiled("_grayscale", images)
+
+    def _grayscale(self, images: Any) -> Any:
         gray = _to_gray(self.backend, self.pixels(images))
         return self.backend.numpy.repeat(gray, 3, axis=-1) if self.keep_channels else gray
 

@@ -171,6 +171,9 @@ class Resize(ImageLayer):
         self.fit, self.fill = params["fit"], params["fill"]
 
     def transform(self, images: Any) -> Any:
+        return self.compiled("_resize", images)
+
+    def _resize(self, images: Any) -> Any:
         b = self.backend
         height, width = dims(b, images)
         target_h, target_w = self.size

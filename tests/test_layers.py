@@ -49,17 +49,21 @@ def edge_f1(found: np.ndarray, expected: np.ndarray) -> float:
     return 2 * (found & expected).sum() / max(found.sum() + expected.sum(), 1)
 
 
-def run_layer(layer, image: np.ndarray) -> np.ndarray:
+def run_layer(layer, image: np.ndarray, graph: bool = False) -> np.ndarray:
+    """The layer on one image, called eagerly, or in a ``tf.function`` with the image's size
+    known while tracing (where layers may run steps through XLA)."""
     batch = image[None] if image.ndim == 3 else image[None, :, :, None]
+    if graph:
+        return tf.function(layer)(tf.constant(batch)).numpy()[0]
     return np.asarray(layer(batch))[0]
 
 
-def assert_parity(spec: str, image: np.ndarray) -> None:
+def assert_parity(spec: str, image: np.ndarray, graph: bool = False) -> None:
     pipeline = Pipeline.parse(spec)
     prepared = Pipeline(pipeline.steps[:-1]).apply(image)
     expected = pipeline.steps[-1].apply(prepared).astype(np.float32)
     expected = expected[..., None] if expected.ndim == 2 else expected
-    got = run_layer(pipeline.layers()[-1], prepared)
+    got = run_layer(pipeline.layers()[-1], prepared, graph=graph)
     assert got.shape == expected.shape
     tolerance = PARITY_CASES[spec]
     if tolerance == "f1":
@@ -74,6 +78,7 @@ def assert_parity(spec: str, image: np.ndarray) -> None:
 def test_parity_on_real_photos(spec):
     for name in PHOTO_NAMES:
         assert_parity(spec, load_photo(name))
+    assert_parity(spec, load_photo(PHOTO_NAMES[0]), graph=True)
 
 
 @pytest.mark.parametrize("spec", PARITY_CASES)
@@ -84,6 +89,7 @@ def test_parity_on_random_arrays(spec):
         if "canny" in spec:  # pure noise has no edges worth comparing: smooth it first
             image = ops.gaussian_blur(image, 5)
         assert_parity(spec, image)
+        assert_parity(spec, image, graph=True)
 
 
 def test_ycrcb_colour_equalisation_is_exact_on_every_colour():
@@ -249,7 +255,7 @@ def test_dynamic_shapes_in_tf_function():
 )
 @pytest.mark.parametrize("channels", [1, 3])
 def test_compiled_and_plain_paths_are_both_exact(spec, channels):
-    # Known sizes run through XLA on TensorFlow, unknown sizes through the plain graph; XLA
+    # Known sizes in a graph run through XLA on TensorFlow, unknown sizes the plain ops; XLA
     # is free to contract multiply-adds, so both are held to OpenCV's exact output on sizes
     # that need CLAHE's padding and fractional interpolation weights.
     pipeline = Pipeline.parse(spec)
@@ -257,7 +263,7 @@ def test_compiled_and_plain_paths_are_both_exact(spec, channels):
     rng = np.random.default_rng(channels)
     images = rng.integers(0, 256, (2, 37, 53, channels), dtype=np.uint8)
     want = np.stack([pipeline.apply(image).reshape(37, 53, channels) for image in images])
-    compiled = np.asarray(layer(images))
+    compiled = tf.function(layer)(tf.constant(images)).numpy()
     unknown_size = tf.TensorSpec((None, None, None, channels), tf.float32)
     plain = tf.function(layer, input_signature=[unknown_size])(images.astype(np.float32))
     np.testing.assert_array_equal(compiled, want)
@@ -276,9 +282,10 @@ def test_layers_compile_only_known_sizes_on_tensorflow(monkeypatch):
 
     monkeypatch.setattr(base, "_compiled_method", lambda: spy)
     layer = kl.MedianBlur(5)
-    layer(np.zeros((1, 8, 9, 3), np.uint8))
+    tf.function(layer)(tf.zeros((1, 8, 9, 3), tf.uint8))
     unknown_size = tf.TensorSpec((None, None, None, 3), tf.float32)
     tf.function(layer, input_signature=[unknown_size]).get_concrete_function()
+    layer(np.zeros((1, 8, 9, 3), np.uint8))  # eager: no compilation per new size
     assert compiled_shapes == [(1, 8, 9, 3)]
 
 
