@@ -172,6 +172,21 @@ def test_training_test_figure_equals_evaluate(cnn_run, dataset):
     assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
 
 
+def test_trained_on_a_preprocessed_copy_scores_the_raw_test_images_like_evaluate(dataset, tmp_path):
+    from cvprep.dataset import preprocess
+
+    prepped = tmp_path / "prepped"
+    preprocess(dataset, prepped, ops="resize=32x40:fit=pad,equalize", workers=0)
+    run = tmp_path / "run"
+    train(prepped, out=run, model="cnn", img_size=32, epochs=3, batch_size=8, seed=1, workers=0)
+    trained = json.loads((run / "metrics.json").read_text())
+    # The test figure of training came from the raw test images, through the recorded spec.
+    assert Path(trained["evaluated_on"]) == dataset / "test"
+    evaluated = evaluate(run, dataset, write=False).metrics
+    assert evaluated["accuracy"] == trained["accuracy"]
+    assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
+
+
 def test_no_val_folder_carves_validation_from_train_and_never_touches_test(tmp_path):
     # test/ has every label swapped: if it drove early stopping or the checkpoint, validation
     # would be near 0; it must only be scored at the end (and score near 0 there).
