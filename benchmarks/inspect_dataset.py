@@ -57,6 +57,7 @@ PLANTS = {
     "65% white blend": ("bright", lambda i: (0.35 * i + 0.65 * 255).astype(np.uint8)),
     "brighter +120": ("bright", lambda i: np.clip(i.astype(int) + 120, 0, 255).astype(np.uint8)),
     "gamma 0.3 (lighter)": ("bright", lambda i: gamma(i, 0.3)),
+    "brighter x2.5": ("bright", lambda i: np.clip(i * 2.5, 0, 255).astype(np.uint8)),
     "uniform colour + noise": (
         "low_information",
         lambda i: np.clip(

@@ -48,6 +48,12 @@ PLANTS = {
     ),
     "grayscale": lambda i: cv2.cvtColor(cv2.cvtColor(i, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB),
 }
+# Exposure changes that keep part of the range (caught by the crushed-shadow and
+# blown-highlight rules): planted name → (issue, transform).
+EXPOSURE_PLANTS = {
+    "gamma3": ("dark", lambda i: (255 * (i / 255.0) ** 3).astype(np.uint8)),
+    "times2_5": ("bright", lambda i: np.clip(i * 2.5, 0, 255).astype(np.uint8)),
+}
 
 
 def plant(root: Path, source_class: str, other_class: str) -> dict[str, str]:
@@ -58,6 +64,10 @@ def plant(root: Path, source_class: str, other_class: str) -> dict[str, str]:
         image = cvprep.read_image(originals[index])
         name = f"{source_class}/planted_{issue}.jpg"
         (root / name).write_bytes(jpeg_bytes(transform(image)))
+        planted[name] = issue
+    for index, (label, (issue, transform)) in enumerate(EXPOSURE_PLANTS.items(), len(PLANTS)):
+        name = f"{source_class}/planted_{label}.jpg"
+        (root / name).write_bytes(jpeg_bytes(transform(cvprep.read_image(originals[index]))))
         planted[name] = issue
     copy = originals[-1]
     (root / source_class / "planted_copy.jpg").write_bytes(copy.read_bytes())
@@ -117,6 +127,33 @@ def test_every_planted_kind_is_found_in_real_photos(tmp_path):
     assert len(quality) <= 4  # untouched real photos: at most 5 % flagged (measured: README)
 
 
+def test_crushed_shadows_and_blown_highlights_count_as_dark_and_bright():
+    # Photos that keep a few highlights (shadows) escape the percentile rules: a median far
+    # below (above) the dataset's with the shadows crushed (highlights blown) still counts.
+    from dataclasses import replace
+
+    from cvprep.dataset.inspect import FileInfo, _limits, _quality_findings
+    from cvprep.dataset.quality import measure
+
+    rng = np.random.default_rng(0)
+    typical = measure(cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), np.uint8), (0, 0), 1))
+    typical = replace(typical, luma_low=29.0, luma_median=113.0, luma_high=213.0)
+    limits, medians = _limits([typical] * 20, {})
+
+    def issues(**levels: float) -> set[str]:
+        info = FileInfo("a/x.jpg", "a", stats=replace(typical, **levels))
+        return {finding.issue for finding in _quality_findings(info, limits, medians)}
+
+    assert issues() == set()
+    assert "dark" in issues(luma_low=0.0, luma_median=55.0, luma_high=240.0)  # crushed
+    assert "dark" not in issues(luma_low=6.0, luma_median=55.0, luma_high=240.0)  # just dim
+    assert "bright" in issues(luma_low=70.0, luma_median=210.0, luma_high=255.0)  # blown
+    assert "bright" not in issues(luma_low=70.0, luma_median=210.0, luma_high=240.0)
+    off = _limits([typical] * 20, {"dark": 0.0, "bright": 0.0})[0]
+    info = FileInfo("a/x.jpg", "a", stats=replace(typical, luma_low=0.0, luma_median=40.0))
+    assert not _quality_findings(info, off, medians)
+
+
 def test_findings_csv_json_and_thresholds(shapes_tree, tmp_path):
     root, _ = shapes_tree
     report = tmp_path / "findings.csv"
@@ -137,6 +174,10 @@ def test_findings_csv_json_and_thresholds(shapes_tree, tmp_path):
         assert all(0 <= r["score"] <= 1 for r in rows if r["issue"] == issue)
     relaxed = dataset.inspect(root, thresholds={"blurry": 0.0, "odd_size": 0.0}, workers=2)
     assert "blurry" not in relaxed.counts and "odd_size" not in relaxed.counts
+    assert "bright" in relaxed.counts and "odd_aspect_ratio" in relaxed.counts
+    # 0 turns every quality rule off, the "above" rules (bright, odd_aspect_ratio) included.
+    off = dataset.inspect(root, thresholds=dict.fromkeys(QUALITY_KINDS, 0.0), workers=2)
+    assert not set(off.counts) & set(QUALITY_KINDS), off.counts
     bad = CliRunner().invoke(cli, ["inspect", str(root), "--threshold", "sharpness=3"])
     assert bad.exit_code == 2 and "blurry" in bad.output
 

@@ -55,8 +55,11 @@ SIGNATURE_LIMIT = 14.0  # thumbnail_distance of true copies: ≤ 10.5 measured; 
 RULES = {
     "blurry": "sharpness below (default: 0.46 × the dataset's median, at most 0.11)",
     "dark": "95th-percentile gray level below (default: 0.55 × median, at most 110); by "
-    "default also when the median gray level is below 0.3 × the dataset's median",
-    "bright": "5th-percentile gray level above (default: dataset median + 90, at least 110)",
+    "default also when the median gray level is below 0.3 × the dataset's median, or below "
+    "0.55 × it with the shadows crushed (5th percentile at most 1)",
+    "bright": "5th-percentile gray level above (default: dataset median + 90, at least 110); "
+    "by default also when the median gray level is above the dataset's median + 0.6 × the "
+    "room left to 255, with the highlights blown (95th percentile at least 254)",
     "low_information": "gray-level entropy below, in bits (default 3.5); by default also "
     "when the gradient energy is below 3 (a smooth ramp)",
     "odd_aspect_ratio": "long side / short side at or above (default: 1.8 × the dataset's "
@@ -289,6 +292,10 @@ def _limits(
         "near_duplicate": 6,
         # Second criteria of three rules; overriding the rule replaces them too.
         "dark_median": 0.0 if "dark" in override else 0.3 * typical["luma_median"],
+        "crushed_median": 0.0 if "dark" in override else 0.55 * typical["luma_median"],
+        "blown_median": 256.0
+        if "bright" in override
+        else typical["luma_median"] + 0.6 * (255.0 - typical["luma_median"]),
         "smallest_side": 0.0 if "odd_size" in override else 32.0,
         "least_detail": 0.0 if "low_information" in override else 3.0,
     }
@@ -328,16 +335,40 @@ def _quality_findings(
         found.append(
             ("blurry", _below(s.sharpness, limits["blurry"]), f"sharpness {s.sharpness:.3f}")
         )
-    if s.luma_high < limits["dark"] or s.luma_median < limits["dark_median"]:
+    # Shadows crushed to black (or highlights blown to white) with the middle pushed far
+    # down (up): what darkening by subtraction or a strong gamma does, which keeps a few
+    # highlights (shadows) and so escapes the percentile rules.
+    crushed = s.luma_low <= 1 and s.luma_median < limits["crushed_median"]
+    blown = s.luma_high >= 254 and s.luma_median > limits["blown_median"]
+    if s.luma_high < limits["dark"] or s.luma_median < limits["dark_median"] or crushed:
         score = max(
-            _below(s.luma_high, limits["dark"]), _below(s.luma_median, limits["dark_median"])
+            _below(s.luma_high, limits["dark"]),
+            _below(s.luma_median, limits["dark_median"]),
+            _below(s.luma_median, limits["crushed_median"]) if crushed else 0.0,
         )
-        found.append(("dark", score, f"gray levels 50%/95% {s.luma_median:.0f}/{s.luma_high:.0f}"))
-    if s.luma_low > limits["bright"]:
-        score = (s.luma_low - limits["bright"]) / max(1.0, 255.0 - limits["bright"])
-        found.append(("bright", min(1.0, score), f"5% gray level {s.luma_low:.0f}"))
+        found.append(
+            (
+                "dark",
+                score,
+                f"gray levels 5%/50%/95% {s.luma_low:.0f}/{s.luma_median:.0f}/{s.luma_high:.0f}",
+            )
+        )
+    # For the two "above" rules, 0 turns the rule off like the "below" rules' 0 does.
+    if (s.luma_low > limits["bright"] > 0) or blown:
+        scores = [(s.luma_low - limits["bright"]) / max(1.0, 255.0 - limits["bright"])]
+        if blown:
+            scores.append(
+                (s.luma_median - limits["blown_median"]) / (256.0 - limits["blown_median"])
+            )
+        found.append(
+            (
+                "bright",
+                min(1.0, max(scores)),
+                f"gray levels 5%/50%/95% {s.luma_low:.0f}/{s.luma_median:.0f}/{s.luma_high:.0f}",
+            )
+        )
     ratio = max(s.width, s.height) / max(1, min(s.width, s.height))
-    if ratio >= limits["odd_aspect_ratio"]:
+    if ratio >= limits["odd_aspect_ratio"] > 0:
         score = 1 - limits["odd_aspect_ratio"] / ratio / 2
         found.append(("odd_aspect_ratio", score, f"{s.width}×{s.height}"))
     smallest = limits["odd_size"] * typical["pixels"]
