@@ -19,7 +19,7 @@ from typing import Any
 from cvprep.augmentation import PRESETS, get_preset, to_albumentations
 from cvprep.dataset.engines import Engine, make_engine
 from cvprep.dataset.output import check_record, output_lock, write_record
-from cvprep.dataset.results import FileResult, Progress, Summary, tracked
+from cvprep.dataset.results import FileResult, Progress, SummarisedResult, Summary, tracked
 from cvprep.errors import ImageError, ParameterError
 from cvprep.files import EmptyTreeError, check_separate, class_of, list_tree
 from cvprep.io import atomic_write_bytes, copy_atomic, encode_image, read_image
@@ -155,7 +155,7 @@ def pass_through(source: Path, target: Path) -> int:
 
 
 @dataclass
-class AugmentResult:
+class AugmentResult(SummarisedResult):
     """Originals and augmented copies per class, the folders passed through, the rejects."""
 
     source: Path
@@ -164,14 +164,6 @@ class AugmentResult:
     passed_through: list[str]
     summary: Summary
     transform: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rejected(self) -> list[FileResult]:
-        return sorted(self.summary.rejected, key=lambda r: r.path)
-
-    @property
-    def ok(self) -> bool:
-        return not self.summary.rejected
 
     def to_dict(self) -> dict[str, Any]:
         return {

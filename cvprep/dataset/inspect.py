@@ -33,7 +33,7 @@ import numpy as np
 from cvprep.dataset.duplicates import content_hash, near_duplicate_pairs
 from cvprep.dataset.engines import Engine, make_engine
 from cvprep.dataset.quality import ImageStats, measure, thumbnail_distance
-from cvprep.dataset.results import Progress, tracked
+from cvprep.dataset.results import Progress, ReadTask, tracked
 from cvprep.errors import ImageError, ParameterError
 from cvprep.files import EmptyTreeError, class_of, list_tree
 from cvprep.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, read_image
@@ -72,17 +72,6 @@ RULES = {
 }
 
 
-@dataclass(frozen=True)
-class InspectTask:
-    root: str
-    relative: str
-    max_pixels: int | None
-
-    @property
-    def source(self) -> str:
-        return os.path.join(self.root, self.relative)
-
-
 @dataclass
 class FileInfo:
     """What one file is: its hashes and measurements, or why it cannot be read."""
@@ -102,7 +91,7 @@ class FileInfo:
         return (self.modified, -pixels, self.path)
 
 
-def inspect_one(task: InspectTask, data: bytes | None = None) -> FileInfo:
+def inspect_one(task: ReadTask, data: bytes | None = None) -> FileInfo:
     info = FileInfo(task.relative, class_of(Path(task.relative)) or "")
     try:
         info.modified = os.stat(task.source).st_mtime
@@ -238,7 +227,7 @@ def inspect(
     if not tree.files and not tree.problems:
         raise EmptyTreeError(root)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    tasks = [InspectTask(str(root), str(path), max_pixels) for path in tree.files]
+    tasks = [ReadTask(str(root), str(path), max_pixels) for path in tree.files]
     infos = list(tracked(runner.map(inspect_one, tasks), len(tasks), "inspecting", progress))
     infos.sort(key=lambda info: info.path)
     findings = [

@@ -18,7 +18,14 @@ from cvprep.dataset.output import (
     remove_partial_writes,
     write_record,
 )
-from cvprep.dataset.results import FileResult, Progress, Summary, tracked, write_report
+from cvprep.dataset.results import (
+    FileResult,
+    Progress,
+    SummarisedResult,
+    Summary,
+    tracked,
+    write_report,
+)
 from cvprep.errors import ImageError, ParameterError
 from cvprep.files import EmptyTreeError, check_separate, list_tree
 from cvprep.io import (
@@ -89,7 +96,7 @@ def output_name(relative: Path, fmt: str | None) -> Path:
 
 
 @dataclass
-class PreprocessResult:
+class PreprocessResult(SummarisedResult):
     """Counts per class (ok / skipped / rejected), the rejected files and the run record."""
 
     source: Path
@@ -97,14 +104,6 @@ class PreprocessResult:
     spec: str
     summary: Summary
     record: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rejected(self) -> list[FileResult]:
-        return sorted(self.summary.rejected, key=lambda r: r.path)
-
-    @property
-    def ok(self) -> bool:
-        return not self.summary.rejected
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary.to_dict(), "output": str(self.output), "spec": self.spec}

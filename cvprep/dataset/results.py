@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +14,19 @@ from cvprep.files import TreeProblem, class_of
 from cvprep.io import atomic_write_bytes
 
 STATUSES = ("ok", "skipped", "rejected")
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """One file to read: where it is under ``root``, and the pixel limit of the job."""
+
+    root: str
+    relative: str
+    max_pixels: int | None
+
+    @property
+    def source(self) -> str:
+        return os.path.join(self.root, self.relative)
 
 
 @dataclass
@@ -51,13 +65,31 @@ class Summary:
     def total(self) -> dict[str, int]:
         return {k: sum(c[k] for c in self.per_class.values()) for k in STATUSES}
 
+    @property
+    def rejected_by_path(self) -> list[FileResult]:
+        return sorted(self.rejected, key=lambda r: r.path)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "per_class": self.per_class,
             "seconds": round(self.seconds, 3),
-            "rejected": [asdict(r) for r in sorted(self.rejected, key=lambda r: r.path)],
+            "rejected": [asdict(r) for r in self.rejected_by_path],
         }
+
+
+class SummarisedResult:
+    """``rejected`` and ``ok`` of a job result that keeps a :class:`Summary` as ``summary``."""
+
+    summary: Summary
+
+    @property
+    def rejected(self) -> list[FileResult]:
+        return self.summary.rejected_by_path
+
+    @property
+    def ok(self) -> bool:
+        return not self.summary.rejected
 
 
 class Progress(Protocol):

@@ -10,24 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from cvprep.dataset.engines import Engine, make_engine
-from cvprep.dataset.results import FileResult, Progress, Summary, tracked, write_report
+from cvprep.dataset.results import (
+    FileResult,
+    Progress,
+    ReadTask,
+    Summary,
+    tracked,
+    write_report,
+)
 from cvprep.errors import ImageError
 from cvprep.files import EmptyTreeError, check_separate, list_tree
 from cvprep.io import DEFAULT_MAX_PIXELS, read_image
 
 
-@dataclass(frozen=True)
-class VerifyTask:
-    root: str
-    relative: str
-    max_pixels: int | None
-
-    @property
-    def source(self) -> str:
-        return os.path.join(self.root, self.relative)
-
-
-def verify_one(task: VerifyTask, data: bytes | None = None) -> FileResult:
+def verify_one(task: ReadTask, data: bytes | None = None) -> FileResult:
     """Decode one file (or its already-read ``data``, as the Ray engine passes it)."""
     try:
         image = read_image(data if data is not None else task.source, max_pixels=task.max_pixels)
@@ -117,7 +113,7 @@ def verify(
     if not tree.files and not tree.problems:
         raise EmptyTreeError(root)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    tasks = [VerifyTask(str(root), str(path), max_pixels) for path in tree.files]
+    tasks = [ReadTask(str(root), str(path), max_pixels) for path in tree.files]
     summary = Summary()
     results = [FileResult.from_problem(problem) for problem in tree.problems]
     start = time.perf_counter()
