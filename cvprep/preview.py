@@ -1,13 +1,17 @@
-"""Contact sheets: the image after each pipeline step, side by side and labelled."""
+"""Pictures for reports: contact sheets (the image after each pipeline step, side by side and
+labelled) and thumbnails."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import cv2
 import numpy as np
 
-from cvprep.ops import to_uint8
+from cvprep.errors import ImageError
+from cvprep.io import read_image, write_image
+from cvprep.ops import resize, to_uint8
 from cvprep.pipeline import Pipeline
 
 _LABEL_HEIGHT = 28
@@ -74,3 +78,21 @@ def preview_pipeline(
 ) -> np.ndarray:
     """A contact sheet of ``image`` after each step of ``pipeline`` (cumulative)."""
     return contact_sheet(pipeline.intermediates(image), tile=tile, columns=columns)
+
+
+def write_thumbnail(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], side: int
+) -> bool:
+    """A JPEG copy of ``source`` whose longer side is at most ``side`` pixels (never enlarged),
+    written atomically; False, and nothing written, when ``source`` cannot be read."""
+    try:
+        image = read_image(source)
+    except ImageError:
+        return False
+    scale = side / max(image.shape[:2])
+    if scale < 1:
+        image = resize(
+            image, (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+        )
+    write_image(target, image, quality=85)
+    return True

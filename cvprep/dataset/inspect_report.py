@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cvprep.errors import ImageError
-from cvprep.io import atomic_write_bytes, encode_image, read_image
-from cvprep.ops import resize
+from cvprep.io import atomic_write_bytes
+from cvprep.preview import write_thumbnail
 
 if TYPE_CHECKING:
     from cvprep.dataset.inspect import Finding, InspectResult
@@ -40,7 +39,9 @@ def write_html(path: Path, result: InspectResult) -> None:
     def picture(relative: str) -> str:
         if relative not in made:
             name = f"{len(made):05d}.jpg"
-            made[relative] = name if _thumbnail(result.source / relative, assets / name) else ""
+            made[relative] = (
+                name if write_thumbnail(result.source / relative, assets / name, THUMBNAIL) else ""
+            )
         if not made[relative]:
             return f'<div class="missing">{html.escape(Path(relative).name)}</div>'
         return f'<img src="{assets.name}/{made[relative]}" alt="{html.escape(relative)}">'
@@ -82,16 +83,3 @@ def _card(finding: Finding, picture: Callable[[str], str]) -> str:
     else:
         caption = f"{html.escape(finding.path)}<br>{html.escape(finding.detail)}"
     return f'<div class="card">{images}{caption}<br>score {finding.score:.3f}</div>'
-
-
-def _thumbnail(source: Path, target: Path) -> bool:
-    try:
-        image = read_image(source)
-    except ImageError:
-        return False
-    scale = THUMBNAIL / max(image.shape[:2])
-    if scale < 1:
-        size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
-        image = resize(image, size)
-    atomic_write_bytes(target, encode_image(image, ".jpg", quality=85))
-    return True

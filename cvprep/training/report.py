@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from cvprep.io import atomic_write_bytes, read_image, write_image
-from cvprep.ops import resize
-from cvprep.preview import contact_sheet
+from cvprep.io import atomic_write_bytes, write_image
+from cvprep.preview import contact_sheet, write_thumbnail
 from cvprep.training.run import FIGURES_FOLDER, REPORT_FILE, SUSPECTS_FILE
 
 MAX_MISTAKES = 24
@@ -91,21 +90,6 @@ def write_suspects(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     return rows
 
 
-def thumbnail(path: str | Path, target: Path) -> bool:
-    """A small JPEG copy of an image file for the report; False if it cannot be read."""
-    try:
-        image = read_image(path)
-    except Exception:
-        return False
-    scale = THUMBNAIL / max(image.shape[:2])
-    if scale < 1:
-        image = resize(
-            image, (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
-        )
-    write_image(target, image, quality=85)
-    return True
-
-
 def _mistakes_html(out: Path, mistakes: list[tuple[Any, str]]) -> str:
     if not mistakes:
         return "<p>No misclassified test images.</p>"
@@ -113,7 +97,7 @@ def _mistakes_html(out: Path, mistakes: list[tuple[Any, str]]) -> str:
     folder = out / FIGURES_FOLDER / "mistakes"
     for index, (prediction, truth) in enumerate(mistakes[:MAX_MISTAKES]):
         name = f"{index:03d}.jpg"
-        if not thumbnail(prediction.path, folder / name):
+        if not write_thumbnail(prediction.path, folder / name, THUMBNAIL):
             continue
         filename = html.escape(Path(prediction.path).name)
         cells.append(
