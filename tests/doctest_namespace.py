@@ -11,6 +11,7 @@ import pytest
 
 NEEDS_A_RUN = (
     "cvprep.training.evaluate",
+    "cvprep.training.explain.explain",
     "cvprep.training.export",
     "cvprep.training.run",
     "cvprep.training.fit.train_with_config",

@@ -4,12 +4,14 @@
 Modules: :mod:`~cvprep.training.config` (settings and measured defaults),
 :mod:`~cvprep.training.data` (decode once, cache, tf.data), :mod:`~cvprep.training.models`,
 :mod:`~cvprep.training.fit` (the fit loop), :mod:`~cvprep.training.evaluate`,
+:mod:`~cvprep.training.explain` (heatmaps),
 :mod:`~cvprep.training.run` (the run folder), :mod:`~cvprep.training.report` and
 :mod:`~cvprep.training.export`.
 """
 
 from cvprep.training.config import BACKBONES, MODELS, RECIPES, TrainConfig
 from cvprep.training.evaluate import Evaluation, Prediction, evaluate, predict
+from cvprep.training.explain import Explanation, explain
 from cvprep.training.export import ExportResult, export
 from cvprep.training.fit import TrainResult, train, train_with_config
 from cvprep.training.run import Run, load_run
@@ -19,12 +21,14 @@ __all__ = [
     "MODELS",
     "RECIPES",
     "Evaluation",
+    "Explanation",
     "ExportResult",
     "Prediction",
     "Run",
     "TrainConfig",
     "TrainResult",
     "evaluate",
+    "explain",
     "export",
     "load_run",
     "predict",

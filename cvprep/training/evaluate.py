@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cvprep.errors import CvprepError, ImageError
+from cvprep.errors import CvprepError, ImageError, ParameterError
 from cvprep.files import EmptyTreeError, list_tree
 from cvprep.io import read_image
 from cvprep.training.data import list_split
@@ -33,6 +33,7 @@ class Prediction:
     probability: float = 0.0
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    overlay: str = ""
 
 
 def class_probability(outputs: np.ndarray, num_classes: int) -> np.ndarray:
@@ -62,13 +63,23 @@ def metrics_from_predictions(
     }
 
 
-class Predictor:
-    """Runs a raw-image model (``wrap_for_raw_images``) on image files."""
+Source = str | os.PathLike[str] | np.ndarray
+"""An image to predict: a file path, or an RGB ``uint8`` array (``H×W×3``, or ``H×W`` gray)."""
 
-    def __init__(self, model: Any, classes: list[str]) -> None:
+
+class Predictor:
+    """Runs a raw-image model (``wrap_for_raw_images``) on image files or RGB arrays.
+
+    ``tta=True`` averages the class probabilities of each image and its horizontal mirror
+    (test-time augmentation); the mirror is taken of the network's input, after the model's
+    preprocessing layers, so it costs one more pass of the network only.
+    """
+
+    def __init__(self, model: Any, classes: list[str], *, tta: bool = False) -> None:
         import keras
 
         self.classes = classes
+        self.tta = tta
         # The saved model is a chain: input, preprocessing layers, Resize, trained network.
         self.preprocessing = model.layers[1:-1]
         self.network = model.layers[-1]
@@ -94,17 +105,29 @@ class Predictor:
     def _classify_eager(self, batch: Any) -> Any:
         return self.network(batch, training=False)
 
-    def predict_files(self, paths: Iterable[str | os.PathLike[str]]) -> list[Prediction]:
-        """One prediction per file, in order; unreadable files get an ``error``."""
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The network's input for one RGB image: the model's preprocessing layers applied."""
+        return np.asarray(self._prepare(np.asarray(image, np.float32)[None]))[0]
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N×classes) of prepared network inputs; with ``tta``, the mean
+        over each input and its horizontal mirror."""
+        outputs = np.asarray(self._classify(batch))
+        if self.tta:
+            mirrored = np.asarray(self._classify(np.ascontiguousarray(batch[:, :, ::-1])))
+            outputs = (outputs + mirrored) / 2
+        return class_probability(outputs, len(self.classes))
+
+    def predict_files(self, sources: Iterable[Source]) -> list[Prediction]:
+        """One prediction per file or array, in order; unreadable files get an ``error``."""
         results: list[Prediction] = []
         pending: list[tuple[int, np.ndarray]] = []
-        for path, image in _decoded(paths):
+        for name, image in _decoded(sources):
             if isinstance(image, ImageError):
-                results.append(Prediction(str(path), error=f"[{image.kind}] {image.reason}"))
+                results.append(Prediction(name, error=f"[{image.kind}] {image.reason}"))
                 continue
-            results.append(Prediction(str(path)))
-            prepared = self._prepare(np.asarray(image, np.float32)[None])
-            pending.append((len(results) - 1, np.asarray(prepared)[0]))
+            results.append(Prediction(name))
+            pending.append((len(results) - 1, self.prepare(image)))
             if len(pending) == BATCH_SIZE:
                 self._flush(pending, results)
         self._flush(pending, results)
@@ -113,10 +136,8 @@ class Predictor:
     def _flush(self, pending: list[tuple[int, np.ndarray]], results: list[Prediction]) -> None:
         if not pending:
             return
-        outputs = np.asarray(self._classify(np.stack([image for _, image in pending])))
-        for (index, _), row in zip(
-            pending, class_probability(outputs, len(self.classes)), strict=True
-        ):
+        probabilities = self.probabilities(np.stack([image for _, image in pending]))
+        for (index, _), row in zip(pending, probabilities, strict=True):
             best = int(row.argmax())
             results[index].label = self.classes[best]
             results[index].probability = float(row[best])
@@ -126,17 +147,43 @@ class Predictor:
         pending.clear()
 
 
-def _decoded(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Any, Any]]:
-    """Decode in two threads (OpenCV releases the GIL) while the model works."""
+def source_name(source: Source, index: int) -> str:
+    """How a prediction names its image: the path as given, or ``<array N>``."""
+    return f"<array {index}>" if isinstance(source, np.ndarray) else str(source)
 
-    def load(path: Any) -> tuple[Any, Any]:
+
+def as_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """An RGB ``uint8`` array as the model takes it (``H×W`` gray is repeated to three
+    channels); anything else is a :class:`ParameterError` naming ``name``."""
+    array = np.asarray(image)
+    if (
+        array.dtype != np.uint8
+        or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3))
+        or 0 in array.shape
+    ):
+        raise ParameterError(
+            f"`{name}` should be an RGB uint8 array (H×W×3, or H×W gray). "
+            f"Received: shape={array.shape}, dtype={array.dtype}"
+        )
+    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
+
+
+def _decoded(sources: Iterable[Source]) -> Iterator[tuple[str, Any]]:
+    """Decode in two threads (OpenCV releases the GIL) while the model works; arrays pass
+    through."""
+
+    def load(item: tuple[int, Source]) -> tuple[str, Any]:
+        index, source = item
+        name = source_name(source, index)
+        if isinstance(source, np.ndarray):
+            return name, as_rgb(source, name)
         try:
-            return path, read_image(path)
+            return name, read_image(source)
         except ImageError as exc:
-            return path, exc
+            return name, exc
 
     with ThreadPoolExecutor(2) as pool:
-        yield from pool.map(load, paths)
+        yield from pool.map(load, enumerate(sources))
 
 
 @dataclass
@@ -187,13 +234,18 @@ def evaluation_folder(data: Path) -> tuple[Path, str]:
 
 
 def evaluate(
-    run: str | os.PathLike[str], data: str | os.PathLike[str], *, write: bool = True
+    run: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    write: bool = True,
+    tta: bool = False,
 ) -> Evaluation:
     """Evaluate a run's raw-image model on DATA/test (or DATA/val, or DATA's class folders).
 
     DATA holds raw images (the split, not the preprocessed copy: the model applies the
     preprocessing itself). Writes ``RUN/evaluation/metrics.json`` and
-    ``confusion_matrix.png`` unless ``write=False``.
+    ``confusion_matrix.png`` unless ``write=False``. ``tta=True`` averages each image's
+    probabilities with its mirror's (see :class:`Predictor`); ``metrics["tta"]`` records it.
 
     Examples
     --------
@@ -216,7 +268,8 @@ def evaluate(
             "images: evaluate on the raw (split) folder instead"
         )
     folder, split_name = evaluation_folder(data)
-    result = evaluate_folder(Predictor(loaded.model, loaded.classes), folder, split_name)
+    result = evaluate_folder(Predictor(loaded.model, loaded.classes, tta=tta), folder, split_name)
+    result.metrics["tta"] = tta
     if write:
         out = loaded.folder / "evaluation"
         out.mkdir(exist_ok=True)
@@ -230,10 +283,15 @@ def evaluate(
     return result
 
 
-def image_paths(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, and every candidate file of the folders (links followed)."""
-    paths: list[Path] = []
-    for source in map(Path, sources):
+def image_paths(sources: Iterable[Source]) -> list[Path | np.ndarray]:
+    """Files as given, every candidate file of the folders (links followed), and arrays
+    (checked: RGB ``uint8``)."""
+    paths: list[Path | np.ndarray] = []
+    for index, given in enumerate(sources):
+        if isinstance(given, np.ndarray):
+            paths.append(as_rgb(given, source_name(given, index)))
+            continue
+        source = Path(given)
         if source.is_dir():
             tree = list_tree(source)
             if not tree.files:
@@ -245,9 +303,25 @@ def image_paths(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def predict(
-    run: str | os.PathLike[str] | Run, images: Iterable[str | os.PathLike[str]]
+    run: str | os.PathLike[str] | Run,
+    images: Iterable[Source],
+    *,
+    tta: bool = False,
+    explain: str | os.PathLike[str] | None = None,
 ) -> list[Prediction]:
-    """Predict the class of raw image files (and of every image in folders) with a run's model.
+    """Predict the class of raw images with a run's model.
+
+    Parameters
+    ----------
+    run : run folder or :class:`Run`
+    images : iterable of paths or arrays
+        Image files, folders (every image in them) and RGB ``uint8`` arrays (``H×W×3``, or
+        ``H×W`` gray), named ``<array N>`` in the results.
+    tta : bool
+        Average each image's probabilities with its horizontal mirror's.
+    explain : folder, optional
+        Write a heatmap overlay per image there (see :func:`cvprep.training.explain`); its
+        path is the prediction's ``overlay``.
 
     Examples
     --------
@@ -256,13 +330,28 @@ def predict(
     >>> (prediction,) = predict(trained_run, [photo])
     >>> prediction.label in ("angular", "round"), sorted(prediction.probabilities)
     (True, ['angular', 'round'])
+    >>> (from_array,) = predict(trained_run, [cvprep.read_image(photo)])
+    >>> from_array.path, from_array.label == prediction.label
+    ('<array 0>', True)
     >>> predict(trained_run, [tmp])  # an empty folder
     Traceback (most recent call last):
     cvprep.files.EmptyTreeError: ...: no image files found
     """
     loaded = run if isinstance(run, Run) else load_run(run)
-    return Predictor(loaded.model, loaded.classes).predict_files(image_paths(images))
+    sources = image_paths(images)
+    predictions = Predictor(loaded.model, loaded.classes, tta=tta).predict_files(sources)
+    if explain is not None:
+        from cvprep.training.explain import write_overlays
+
+        write_overlays(loaded, sources, predictions, Path(explain))
+    return predictions
 
 
 def predictions_as_dicts(predictions: list[Prediction]) -> list[dict[str, Any]]:
-    return [asdict(p) for p in predictions]
+    """What ``predict --json`` prints: one object per image (``overlay`` only with
+    ``--explain``)."""
+    rows = [asdict(p) for p in predictions]
+    for row in rows:
+        if not row["overlay"]:
+            del row["overlay"]
+    return rows

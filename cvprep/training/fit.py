@@ -43,6 +43,7 @@ from cvprep.training.evaluate import (
     evaluate_folder,
     metrics_from_predictions,
 )
+from cvprep.training.explain import report_explainer
 from cvprep.training.models import (
     build_training_model,
     full_pipeline,
@@ -216,6 +217,7 @@ def train_with_config(
         mistakes=evaluation.mistakes() if evaluation else [],
         augmented=_augmented_batch(cached["train"], config),
         suspects=suspects,
+        explainer=report_explainer(model, config.classes),
     )
     shutil.rmtree(out / CACHE_FOLDER, ignore_errors=True)
     log(

@@ -18,6 +18,7 @@ from cvprep.training.run import FIGURES_FOLDER, REPORT_FILE, SUSPECTS_FILE
 
 MAX_MISTAKES = 24
 THUMBNAIL = 160
+MISTAKE_SIDE = 240  # photo and heatmap side by side, each this large
 SUSPECT_COLUMNS = ["path", "class", "predicted", "probability", "probability_of_class"]
 
 
@@ -90,21 +91,44 @@ def write_suspects(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     return rows
 
 
-def _mistakes_html(out: Path, mistakes: list[tuple[Any, str]]) -> str:
+def _mistake_figure(
+    out: Path, index: int, prediction: Any, truth: str, explainer: Any
+) -> str | None:
+    """One mistake: the photo and, with an explainer, the heatmap of the (wrong) prediction
+    beside it; None when the photo cannot be read any more."""
+    folder = out / FIGURES_FOLDER / "mistakes"
+    name = f"{index:03d}.jpg"
+    side = MISTAKE_SIDE if explainer is not None else THUMBNAIL
+    if not write_thumbnail(prediction.path, folder / name, side):
+        return None
+    filename = html.escape(Path(prediction.path).name)
+    images = f'<img src="{FIGURES_FOLDER}/mistakes/{name}" alt="{filename}">'
+    if explainer is not None:
+        from cvprep.training.explain import write_overlay_thumbnail
+
+        heatmap = f"{index:03d}_heatmap.jpg"
+        if write_overlay_thumbnail(
+            explainer, prediction.path, prediction.label, folder / heatmap, side
+        ):
+            images += (
+                f'<img src="{FIGURES_FOLDER}/mistakes/{heatmap}" '
+                f'alt="heatmap of {html.escape(prediction.label)} on {filename}">'
+            )
+    return (
+        f'<figure class="mistake">{images}'
+        f"<figcaption><b>{html.escape(truth)}</b> → {html.escape(prediction.label)} "
+        f"({prediction.probability:.2f})<br><small>{filename}</small></figcaption></figure>"
+    )
+
+
+def _mistakes_html(out: Path, mistakes: list[tuple[Any, str]], explainer: Any = None) -> str:
     if not mistakes:
         return "<p>No misclassified test images.</p>"
-    cells = []
-    folder = out / FIGURES_FOLDER / "mistakes"
-    for index, (prediction, truth) in enumerate(mistakes[:MAX_MISTAKES]):
-        name = f"{index:03d}.jpg"
-        if not write_thumbnail(prediction.path, folder / name, THUMBNAIL):
-            continue
-        filename = html.escape(Path(prediction.path).name)
-        cells.append(
-            f'<figure><img src="{FIGURES_FOLDER}/mistakes/{name}" alt="{filename}">'
-            f"<figcaption><b>{html.escape(truth)}</b> → {html.escape(prediction.label)} "
-            f"({prediction.probability:.2f})<br><small>{filename}</small></figcaption></figure>"
-        )
+    cells = [
+        figure
+        for index, (prediction, truth) in enumerate(mistakes[:MAX_MISTAKES])
+        if (figure := _mistake_figure(out, index, prediction, truth, explainer)) is not None
+    ]
     more = len(mistakes) - MAX_MISTAKES
     tail = f"<p>… and {more} more (see metrics.json).</p>" if more > 0 else ""
     return f'<div class="grid">{"".join(cells)}</div>{tail}'
@@ -138,10 +162,16 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     )
 
 
+_HEATMAP_NOTE = (
+    "; beside each photo, the heatmap of the wrong prediction (red: where the model found "
+    "the most evidence for it)"
+)
+
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px}
 img{max-width:100%}code{background:#f4f4f4;padding:2px 4px}
-.grid{display:flex;flex-wrap:wrap;gap:10px}.grid figure{margin:0;width:170px;font-size:13px}"""
+.grid{display:flex;flex-wrap:wrap;gap:10px}.grid figure{margin:0;width:170px;font-size:13px}
+.grid figure.mistake{width:auto;max-width:100%}.mistake img{margin-right:4px;vertical-align:top}"""
 
 
 def write_run_report(
@@ -153,8 +183,11 @@ def write_run_report(
     mistakes: list[tuple[Any, str]],
     augmented: np.ndarray,
     suspects: list[dict[str, Any]],
+    explainer: Any = None,
 ) -> None:
-    """Figures under ``out/figures`` and ``out/report.html`` that shows them."""
+    """Figures under ``out/figures`` and ``out/report.html`` that shows them; with an
+    ``explainer`` (:class:`cvprep.training.explain.Explainer`), each mistake beside the
+    heatmap of its prediction."""
     figures = out / FIGURES_FOLDER
     figures.mkdir(exist_ok=True)
     plot_curves(history, figures / "curves.png")
@@ -189,7 +222,8 @@ from {html.escape(str(validation.get("source", "?")))}/; {metrics.get("epochs_ru
 <h2>Confusion matrix</h2>
 <img src="{FIGURES_FOLDER}/confusion_matrix.png" alt="confusion matrix">
 <h2>Misclassified test images</h2><p>Most confident mistakes first: true class → prediction
-(probability).</p>{_mistakes_html(out, mistakes)}
+(probability){_HEATMAP_NOTE if explainer is not None else ""}.</p>
+{_mistakes_html(out, mistakes, explainer)}
 <h2>Training inputs after augmentation ({html.escape(config.augment)})</h2>
 <img src="{FIGURES_FOLDER}/augmented.png" alt="augmented training images">
 <h2>Suspect training labels</h2>{_suspects_html(suspects)}
