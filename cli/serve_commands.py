@@ -21,7 +21,7 @@ from cvprep.serve import DEFAULT_MAX_BYTES
     show_default=True,
     help="Address to listen on (only this machine by default; 0.0.0.0 opens it to the network).",
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option(
     "--max-bytes",
     type=click.IntRange(1),

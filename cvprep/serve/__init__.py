@@ -56,15 +56,15 @@ def serve(
     CvprepError
         When the ``serve`` extra is not installed (the message says what to install).
     ParameterError
-        For a port outside 0–65535 or a non-positive limit.
+        For a port outside 1–65535 or a non-positive limit.
     """
     missing = missing_packages()
     if missing:
         raise CvprepError(
             f"cvprep serve needs the serve extra ({', '.join(missing)} missing): {INSTALL_HINT}"
         )
-    if not 0 <= port <= 65535:
-        raise ParameterError(f"`port` should be between 0 and 65535. Received: port={port}")
+    if not 1 <= port <= 65535:
+        raise ParameterError(f"`port` should be between 1 and 65535. Received: port={port}")
     from cvprep.serve.app import run_server
     from cvprep.serve.service import PredictionService
 

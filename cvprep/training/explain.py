@@ -199,7 +199,7 @@ def _scores(head_input: Any, probabilities: Any, dense: Any, target: Any, classe
     import tensorflow as tf
 
     if dense is None:
-        chosen = tf.gather(class_probability_tf(probabilities, classes), target, batch_dims=1)
+        chosen = tf.gather(_class_probability_tf(probabilities, classes), target, batch_dims=1)
         return tf.math.log(tf.maximum(chosen, 1e-12))
     logits = tf.matmul(head_input, dense.kernel) + dense.bias
     if classes == 2:
@@ -207,7 +207,9 @@ def _scores(head_input: Any, probabilities: Any, dense: Any, target: Any, classe
     return tf.gather(logits, target, batch_dims=1)
 
 
-def class_probability_tf(outputs: Any, classes: int) -> Any:
+def _class_probability_tf(outputs: Any, classes: int) -> Any:
+    """:func:`~cvprep.training.evaluate.class_probability` on tensors, inside the gradient
+    function."""
     import tensorflow as tf
 
     return tf.concat([1 - outputs, outputs], axis=1) if classes == 2 else outputs
@@ -268,7 +270,9 @@ class Explainer:
                 features, head_input, probabilities = grad_model(batch, training=False)
                 scores = _scores(head_input, probabilities, dense, target, count)
             gradients = tape.gradient(scores, features)
-            return _combine(features, gradients, method), class_probability_tf(probabilities, count)
+            return _combine(features, gradients, method), _class_probability_tf(
+                probabilities, count
+            )
 
         spec = tf.TensorSpec((None, *self.predictor.network.input_shape[1:]), tf.float32)
         self._maps = tf.function(
