@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+pytest.importorskip("httpx2")
 pytest.importorskip("tensorflow")
 
 from fastapi.testclient import TestClient

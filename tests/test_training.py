@@ -125,7 +125,9 @@ def test_report_shows_every_figure_and_the_mistakes(cnn_run, tmp_path):
         assert (cnn_run / image).is_file(), image
     metrics = json.loads((cnn_run / "metrics.json").read_text())
     wrong = metrics["count"] - round(metrics["accuracy"] * metrics["count"])
-    assert len([i for i in images if "/mistakes/" in i]) == min(wrong, 24)
+    photos = [i for i in images if re.fullmatch(r"figures/mistakes/\d+\.jpg", i)]
+    assert len(photos) == min(wrong, 24)
+    assert len([i for i in images if i.endswith("_heatmap.jpg")]) == len(photos)
     assert "Suspect training labels" in page and "Misclassified test images" in page
     augmented = cvprep.read_image(cnn_run / "figures" / "augmented.png")
     assert augmented.shape[1] == 8 * (128 + 4)  # a grid of 8 columns of 128-pixel tiles
