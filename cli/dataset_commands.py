@@ -22,6 +22,7 @@ from cvprep.cli.common import (
     ops_option,
     quiet_option,
 )
+from cvprep.cli.labels_check import echo_labels_check, labels_check_options
 from cvprep.dataset.results import FileResult, Summary
 from cvprep.io import DEFAULT_MAX_PIXELS
 from cvprep.pipeline import Pipeline
@@ -515,6 +516,7 @@ def _parse_thresholds(
     help="Override a cutoff, e.g. --threshold blurry=0.09 --threshold near_duplicate=8 "
     "(repeatable; the README says what each number means).",
 )
+@labels_check_options
 @workers_option
 @engine_options
 @max_pixels_option
@@ -526,6 +528,7 @@ def inspect_command(
     report: Path | None,
     html: Path | None,
     thresholds: dict[str, float],
+    labels_check: dataset.LabelCheck | None,
     workers: int | None,
     engine: str,
     ray_address: str | None,
@@ -541,12 +544,21 @@ def inspect_command(
     judged against the rest of the dataset, with absolute limits. Exit status 0 when nothing
     is found, 1 when something is. IN is never modified.
 
-    Python: cvprep.dataset.inspect(IN, report=..., html=..., thresholds={...})
+    --labels-check adds label_issue: files whose label the class probabilities of a model
+    that never saw them contradict (K folds, confident learning); detail names the class
+    the picture looks like. With --weights, a frozen MobileNet α 0.25's features (about a
+    minute for 2,000 photos on 2 cores; README: precision and recall measured with 5 % of
+    the labels flipped); without, a small CNN trained per fold (slower, far weaker).
+
+    Python: cvprep.dataset.inspect(IN, report=..., html=..., thresholds={...},
+    labels_check=LabelCheck(weights=...))
 
     \b
     Examples:
       cvprep inspect photos/ --report findings.csv --html report.html
       cvprep split photos/ data/ --exclude findings.csv:exact_duplicate,near_duplicate
+      cvprep inspect photos/ --labels-check --weights imagenet --report findings.csv
+      cvprep split photos/ data/ --exclude findings.csv:label_issue
     """
     result = dataset.inspect(
         source,
@@ -557,6 +569,7 @@ def inspect_command(
         engine=engine,
         ray_address=ray_address,
         max_pixels=max_pixels,
+        labels_check=labels_check or False,
         progress=BarProgress(quiet or as_json),
     )
     if as_json:
@@ -566,6 +579,7 @@ def inspect_command(
             echo_table(
                 [[issue, count] for issue, count in result.counts.items()], ["issue", "files"]
             )
+        echo_labels_check(result.labels)
         click.echo(
             f"{result.files} files inspected, {len(result.findings)} finding(s)"
             + (f"; CSV: {report}" if report else "")

@@ -11,7 +11,9 @@ do not decode get ``verify``'s reasons. Then, over the whole set:
   same background differs somewhere), same class;
 - ``label_conflict``: an exact or near copy filed under another class: both files are listed;
 - the quality kinds, each judged against the rest of the dataset with absolute limits
-  (:data:`RULES`); scores are in [0, 1], higher is worse, comparable within a kind.
+  (:data:`RULES`); scores are in [0, 1], higher is worse, comparable within a kind;
+- ``label_issue`` (only with ``labels_check``): a label that out-of-fold class probabilities
+  contradict, found by confident learning (:mod:`cvprep.dataset.labels`).
 
 Thresholds were chosen on the training half of the dev photos (README: measured recall and
 false-alarm rates on the other half) and can be set one by one.
@@ -32,6 +34,13 @@ import numpy as np
 
 from cvprep.dataset.duplicates import content_hash, near_duplicate_pairs
 from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.labels import (
+    LabelCheck,
+    LabelCheckResult,
+    LabelCollector,
+    as_label_check,
+    sample_image,
+)
 from cvprep.dataset.quality import ImageStats, measure, thumbnail_distance
 from cvprep.dataset.results import Progress, ReadTask, tracked
 from cvprep.errors import ImageError, ParameterError
@@ -48,6 +57,7 @@ QUALITY_KINDS = (
     "odd_size",
     "grayscale",
 )
+LABEL_ISSUE = "label_issue"
 FINDINGS_COLUMNS = ["path", "class", "issue", "score", "detail"]
 SIGNATURE_LIMIT = 14.0  # thumbnail_distance of true copies: ≤ 10.5 measured; the shapes pair: 17
 
@@ -84,11 +94,17 @@ class FileInfo:
     kind: str = ""  # a verify reject kind, when it does not decode
     reason: str = ""
     modified: float = 0.0  # the newer of two copies is taken for the copy
+    sample: np.ndarray | None = None  # what the label check's model sees, when it runs
 
     def copy_order(self) -> tuple[float, int, str]:
         """Sort key, original first: older, then more pixels, then path order."""
         pixels = self.stats.width * self.stats.height if self.stats else 0
         return (self.modified, -pixels, self.path)
+
+
+@dataclass(frozen=True)
+class InspectTask(ReadTask):
+    sample_size: int = 0  # > 0: also keep a square sample of this size for the label check
 
 
 def inspect_one(task: ReadTask, data: bytes | None = None) -> FileInfo:
@@ -106,6 +122,8 @@ def inspect_one(task: ReadTask, data: bytes | None = None) -> FileInfo:
         return info
     info.stats = measure(image)
     info.phash = info.stats.phash
+    if isinstance(task, InspectTask) and task.sample_size:
+        info.sample = sample_image(image, task.sample_size)
     return info
 
 
@@ -137,6 +155,7 @@ class InspectResult:
     thresholds: dict[str, float] = field(default_factory=dict)
     typical: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    labels: LabelCheckResult | None = None  # what the label check did, when it ran
 
     @property
     def ok(self) -> bool:
@@ -162,6 +181,7 @@ class InspectResult:
             "counts": self.counts,
             "thresholds": self.thresholds,
             "typical": self.typical,
+            "labels_check": self.labels.to_dict() if self.labels else None,
             "findings": self.rows(),
         }
 
@@ -176,6 +196,7 @@ def inspect(
     engine: str | Engine = "local",
     ray_address: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    labels_check: bool | LabelCheck = False,
     progress: Progress | None = None,
 ) -> InspectResult:
     """Audit the images under ``source`` (class subfolders, or a flat folder).
@@ -196,6 +217,13 @@ def inspect(
         Override a rule's cutoff, e.g. ``{"blurry": 0.09, "near_duplicate": 8}`` (see
         :data:`RULES` for what each number means; an override replaces the rule's default
         criteria, so 0 turns a quality rule off).
+    labels_check : bool or LabelCheck
+        Also look for wrong labels (``label_issue``, ``detail`` names the class the picture
+        looks like) with out-of-fold probabilities and confident learning: ``True`` trains
+        a small CNN per fold; ``LabelCheck(weights="imagenet")`` (or a weights file) uses a
+        frozen MobileNet α 0.25's features, far more accurate (README). Needs two or more
+        classes with two or more images each; a split folder is checked as one set.
+        ``result.labels`` says what the check did.
     workers, engine, ray_address, max_pixels, progress
         As for :func:`cvprep.dataset.verify`.
 
@@ -223,12 +251,21 @@ def inspect(
         raise ParameterError(
             f"`thresholds` has unknown issue(s) {', '.join(unknown)}; known: {', '.join(RULES)}"
         )
+    check = as_label_check(labels_check)
     tree = list_tree(root)
     if not tree.files and not tree.problems:
         raise EmptyTreeError(root)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    tasks = [ReadTask(str(root), str(path), max_pixels) for path in tree.files]
-    infos = list(tracked(runner.map(inspect_one, tasks), len(tasks), "inspecting", progress))
+    # Before reading: a dataset the check cannot work on, or weights that do not load, fail fast.
+    collector = LabelCollector(check, root, tree.files) if check else None
+    size = check.input_size if check else 0
+    tasks = [InspectTask(str(root), str(path), max_pixels, size) for path in tree.files]
+    infos = []
+    for info in tracked(runner.map(inspect_one, tasks), len(tasks), "inspecting", progress):
+        if collector:
+            collector.add(info.path, info.sample)
+            info.sample = None
+        infos.append(info)
     infos.sort(key=lambda info: info.path)
     findings = [
         Finding(p.path, class_of(Path(p.path)) or "", p.kind, 1.0, p.reason) for p in tree.problems
@@ -238,9 +275,15 @@ def inspect(
     limits, typical = _limits([info.stats for info in readable], limits_override)
     for info in readable:
         findings.extend(_quality_findings(info, limits, typical))
-    findings.extend(_duplicate_findings(readable, int(limits["near_duplicate"])))
+    copies = _duplicate_findings(readable, int(limits["near_duplicate"]))
+    findings.extend(copies)
+    labels = collector.finish([(f.path, f.detail) for f in copies], progress) if collector else None
+    if labels:
+        findings += [
+            Finding(s.path, s.given, LABEL_ISSUE, s.score, s.detail) for s in labels.suspects
+        ]
     findings.sort(key=lambda f: (f.path, f.issue))
-    result = InspectResult(root, len(tree.files), findings, limits, typical)
+    result = InspectResult(root, len(tree.files), findings, limits, typical, labels=labels)
     if report is not None:
         write_findings(Path(report), result)
     if html is not None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cvprep.dataset.labels import describe_result
 from cvprep.io import atomic_write_bytes
 from cvprep.preview import write_thumbnail
 
@@ -58,6 +59,7 @@ def write_html(path: Path, result: InspectResult) -> None:
         f'<tr><td><a href="#{i}">{html.escape(i)}</a></td><td>{n}</td></tr>'
         for i, n in result.counts.items()
     )
+    labels = f"<p>{html.escape(describe_result(result.labels))}.</p>" if result.labels else ""
     limits = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" for k, v in result.thresholds.items()
     )
@@ -68,6 +70,7 @@ def write_html(path: Path, result: InspectResult) -> None:
 <p>{result.files} files, {len(result.findings)} findings. Scores are in [0, 1], higher is worse;
 the worst {SHOWN} of each issue are shown.</p>
 <table><tr><th>issue</th><th>files</th></tr>{summary}</table>
+{labels}
 {"".join(sections) or "<p>Nothing found.</p>"}
 <h2>Thresholds used</h2><table>{limits}</table>
 </body></html>
