@@ -187,12 +187,14 @@ def small_cnn(monkeypatch):
 def test_cli_finds_planted_flips_and_split_leaves_them_out(tmp_path, small_cnn):
     photos = tmp_path / "photos"
     flipped = colour_tree(photos)
+    (photos / "red" / "broken.png").write_bytes(b"\x89PNG not really")  # reported, not checked
     report, page = tmp_path / "findings.csv", tmp_path / "audit.html"
     args = ["inspect", str(photos), "--labels-check", "--folds", "2", "-w", "0", "--json"]
     result = CliRunner().invoke(cli, [*args, "--report", str(report), "--html", str(page)])
     assert result.exit_code == 1, result.output
     as_json = json.loads(result.stdout)
     assert {r["path"] for r in as_json if r["issue"] == "label_issue"} == flipped
+    assert [r["issue"] for r in as_json if r["path"] == "red/broken.png"] == ["unreadable"]
     with report.open() as handle:
         rows = [row for row in csv.DictReader(handle) if row["issue"] == "label_issue"]
     assert {row["path"] for row in rows} == flipped
@@ -205,6 +207,7 @@ def test_cli_finds_planted_flips_and_split_leaves_them_out(tmp_path, small_cnn):
     assert "label check: a small CNN trained per fold (12 epochs, 32 px), 2 folds over 32" in text
     split = dataset.split(photos, tmp_path / "data", exclude=f"{report}:label_issue", workers=0)
     assert set(split.to_dict()["excluded"]) == flipped
+    assert {r.path for r in split.rejected} == {"red/broken.png"}
     assert not any((tmp_path / "data").rglob(Path(flipped.pop()).name))
 
 
@@ -243,21 +246,29 @@ def test_cli_names_a_bad_weights_file_and_a_dataset_it_cannot_check(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="no MobileNet weights in ../shared")
 @pytest.mark.skipif(not DEV_PHOTOS.is_dir(), reason="no dev photos in ../shared")
-def test_mobilenet_features_find_flips_in_real_photos(tmp_path):
-    """30 cats and 30 dogs, three of them filed under the other class: all three found."""
+def test_mobilenet_features_find_flips_in_a_split_folder_of_real_photos(tmp_path):
+    """30 cats and 30 dogs in train/ and val/, three filed under the other class: all three
+    found, named by their place in the split folder, train and val checked together."""
     flipped, flips = set(), {("cat", 3), ("cat", 17), ("dog", 9)}
     for cls, other in (("cat", "dog"), ("dog", "cat")):
         for index, photo in enumerate(sorted((DEV_PHOTOS / cls).iterdir())[:30]):
-            folder = other if (cls, index) in flips else cls
-            (tmp_path / folder).mkdir(exist_ok=True)
+            folder = Path(
+                "val" if index % 3 == 0 else "train", other if (cls, index) in flips else cls
+            )
+            (tmp_path / folder).mkdir(parents=True, exist_ok=True)
             (tmp_path / folder / photo.name).hardlink_to(photo)
-            if folder != cls:
-                flipped.add(f"{folder}/{photo.name}")
+            if folder.name != cls:
+                flipped.add(str(folder / photo.name))
+    assert {path.split("/")[0] for path in flipped} == {"train", "val"}
     check = LabelCheck(weights=str(SHARED_WEIGHTS))
     result = dataset.inspect(tmp_path, workers=0, labels_check=check)
-    ranked = [f.path for f in result.by_issue("label_issue")]
+    found = result.by_issue("label_issue")
+    ranked = [f.path for f in found]
     # Measured: the three flips (scores 0.62–0.73) and three cats the 48-photo models doubt
     # (0.52–0.66); on 2,000 photos precision is about 0.8 (README).
     assert flipped <= set(ranked) and len(ranked) <= 2 * len(flipped), result.labels
     assert ranked[0] in flipped
-    assert result.labels is not None and result.labels.accuracy > 0.8
+    assert all(f.cls == f.path.split("/")[1] for f in found)
+    assert result.labels is not None and result.labels.files == 60
+    assert result.labels.accuracy > 0.8
+    assert "split folder: train, val and test checked together" in result.labels.notes
