@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from cvprep import dataset
-from cvprep.dataset.labels import LabelCheck
+from cvprep.dataset.label_check import LabelCheck
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "cats_vs_dogs_dev"
@@ -149,7 +149,7 @@ def flipped_labels(truth: np.ndarray, classes: int, fraction: float, seed: int) 
 
 def sweep(args: argparse.Namespace) -> None:
     from cvprep.dataset.confident import find_label_issues
-    from cvprep.dataset.labels import fold_assignment, linear_probabilities
+    from cvprep.dataset.label_check import fold_assignment, linear_probabilities
     from cvprep.dataset.results import NoProgress
 
     files = class_files(args.photos)

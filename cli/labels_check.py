@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from cvprep.cli.common import load_tensorflow
-from cvprep.dataset.labels import LabelCheck, LabelCheckResult, describe_result
+from cvprep.dataset.label_check import LabelCheck, LabelCheckResult, describe_result
 from cvprep.training.config import BACKBONES
 
 DEFAULTS = LabelCheck()

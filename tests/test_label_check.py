@@ -18,14 +18,14 @@ from click.testing import CliRunner
 import cvprep
 from cvprep import dataset
 from cvprep.cli import cli
-from cvprep.dataset import labels
+from cvprep.dataset import label_check as labels
 from cvprep.dataset.confident import (
     calibrated_joint,
     confident_joint,
     find_label_issues,
     self_confidence_thresholds,
 )
-from cvprep.dataset.labels import LabelCheck, check_classes, fold_assignment, label_of
+from cvprep.dataset.label_check import LabelCheck, check_classes, fold_assignment, label_of
 from cvprep.errors import CvprepError, ParameterError
 from tests.conftest import ROOT, SHARED_WEIGHTS
 

@@ -18,7 +18,7 @@ True
 from cvprep.dataset.augment import AugmentResult, augment
 from cvprep.dataset.engines import ENGINES, Engine, LocalEngine, RayEngine, make_engine
 from cvprep.dataset.inspect import Finding, InspectResult, inspect
-from cvprep.dataset.labels import LabelCheck, LabelCheckResult
+from cvprep.dataset.label_check import LabelCheck, LabelCheckResult
 from cvprep.dataset.output import OutputBusyError, SettingsMismatchError
 from cvprep.dataset.preprocess import PreprocessResult, preprocess
 from cvprep.dataset.results import FileResult, Progress, Summary

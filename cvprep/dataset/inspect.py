@@ -13,7 +13,7 @@ do not decode get ``verify``'s reasons. Then, over the whole set:
 - the quality kinds, each judged against the rest of the dataset with absolute limits
   (:data:`RULES`); scores are in [0, 1], higher is worse, comparable within a kind;
 - ``label_issue`` (only with ``labels_check``): a label that out-of-fold class probabilities
-  contradict, found by confident learning (:mod:`cvprep.dataset.labels`).
+  contradict, found by confident learning (:mod:`cvprep.dataset.label_check`).
 
 Thresholds were chosen on the training half of the dev photos (README: measured recall and
 false-alarm rates on the other half) and can be set one by one.
@@ -34,7 +34,7 @@ import numpy as np
 
 from cvprep.dataset.duplicates import content_hash, near_duplicate_pairs
 from cvprep.dataset.engines import Engine, make_engine
-from cvprep.dataset.labels import (
+from cvprep.dataset.label_check import (
     LabelCheck,
     LabelCheckResult,
     LabelCollector,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cvprep.dataset.labels import describe_result
+from cvprep.dataset.label_check import describe_result
 from cvprep.io import atomic_write_bytes
 from cvprep.preview import write_thumbnail
 

@@ -17,7 +17,7 @@ from cvprep.dataset.results import Progress
 from cvprep.errors import ParameterError
 
 if TYPE_CHECKING:
-    from cvprep.dataset.labels import LabelCheck
+    from cvprep.dataset.label_check import LabelCheck
 
 CNN_BATCH = 32
 CNN_LEARNING_RATE = 3e-3
