@@ -21,21 +21,12 @@ from cvprep.cli.common import (
     new_dir,
     ops_option,
     quiet_option,
+    seed_option,
+    workers_option,
 )
 from cvprep.dataset.results import FileResult, Summary
 from cvprep.io import DEFAULT_MAX_PIXELS
 from cvprep.pipeline import Pipeline
-
-
-def workers_option(function: Any) -> Any:
-    return click.option(
-        "-w",
-        "--workers",
-        type=click.IntRange(0, 512),
-        default=None,
-        show_default="all cores",
-        help="Worker processes (0 = run in this process).",
-    )(function)
 
 
 def max_pixels_option(function: Any) -> Any:
@@ -263,7 +254,7 @@ def preprocess_command(
     type=click.IntRange(2, 100),
     help="K stratified folds: OUT/fold_i/train and OUT/fold_i/val.",
 )
-@click.option("--seed", type=int, default=1337, show_default=True)
+@seed_option
 @click.option(
     "--mode",
     type=click.Choice(["copy", "hardlink", "symlink"]),
@@ -409,7 +400,7 @@ def split_command(
     is_flag=True,
     help="Oversample minority classes (extra augmented copies) up to the largest.",
 )
-@click.option("--seed", type=int, default=1337, show_default=True)
+@seed_option
 @click.option("--quality", type=click.IntRange(1, 100), help="JPEG/WebP quality.")
 @click.option("--overwrite", is_flag=True, help="Write into an OUT made with other settings.")
 @workers_option

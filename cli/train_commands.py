@@ -21,6 +21,8 @@ from cvprep.cli.common import (
     load_tensorflow,
     parse_spec,
     quiet_option,
+    seed_option,
+    workers_option,
 )
 from cvprep.training.config import CACHE_MODES, MODELS, RECIPES, RESIZE_MODES
 
@@ -132,7 +134,7 @@ def _recipe_help() -> str:
     show_default=True,
     help="Without DATA/val: the share of train/ held out for validation (test/ is never used).",
 )
-@click.option("--seed", type=int, default=1337, show_default=True)
+@seed_option
 @click.option(
     "--patience",
     type=click.IntRange(1),
@@ -147,7 +149,7 @@ def _recipe_help() -> str:
     show_default=True,
     help="Decoded images: in memory, in a file in the run folder, or memory when they fit.",
 )
-@click.option("-w", "--workers", type=click.IntRange(0, 512), help="Decoding processes.")
+@workers_option
 @click.option("--distribute", is_flag=True, help="MirroredStrategy over all visible GPUs.")
 @click.option(
     "--coordinator",

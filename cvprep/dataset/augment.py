@@ -23,6 +23,7 @@ from cvprep.dataset.results import FileResult, Progress, SummarisedResult, Summa
 from cvprep.errors import ImageError, ParameterError
 from cvprep.files import EmptyTreeError, check_separate, class_of, list_tree
 from cvprep.io import atomic_write_bytes, copy_atomic, encode_image, read_image
+from cvprep.params import DEFAULT_SEED
 
 COMMAND = "augment"
 
@@ -181,7 +182,7 @@ def augment(
     preset: str | os.PathLike[str] = "medium",
     per_image: int = 1,
     balance: bool = False,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     quality: int | None = None,
     overwrite: bool = False,
     workers: int | None = None,

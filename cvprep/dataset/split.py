@@ -45,6 +45,7 @@ from cvprep.dataset.results import Progress, tracked
 from cvprep.errors import ImageError, ParameterError
 from cvprep.files import EmptyTreeError, TreeProblem, check_separate, class_of, list_tree
 from cvprep.io import atomic_write_bytes, copy_atomic, read_image
+from cvprep.params import DEFAULT_SEED
 
 COMMAND = "split"
 SPLIT_NAMES = ("train", "val", "test")
@@ -503,7 +504,7 @@ def split(
     ratios: str | Sequence[float] | dict[str, float] | None = None,
     fixed: str | Sequence[int] | None = None,
     kfold: int | None = None,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     mode: str = "copy",
     group: str | None = None,
     near_threshold: int | None = 6,

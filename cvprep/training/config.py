@@ -8,6 +8,7 @@ from typing import Any
 
 from cvprep.augmentation import PRESET_NAMES
 from cvprep.errors import ParameterError
+from cvprep.params import DEFAULT_SEED
 from cvprep.pipeline import Pipeline
 
 
@@ -103,7 +104,7 @@ class TrainConfig:
     ops: str = ""
     val_fraction: float = 0.1
     patience: int = 10
-    seed: int = 1337
+    seed: int = DEFAULT_SEED
     cache: str = "auto"
     workers: int | None = None
     distribute: bool = False
