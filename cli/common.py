@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from cvprep import params
+from cvprep.dataset import engines
 from cvprep.errors import CvprepError, FileSystemError, ParameterError
 from cvprep.pipeline import Pipeline, SpecError
 
@@ -206,14 +207,11 @@ def load_tensorflow(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(keras|tensorflow)\b.*")
 
 
-MAX_WORKERS = 512
-
-
 def workers_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "-w",
         "--workers",
-        type=checked_int("workers", minimum=0, maximum=MAX_WORKERS),
+        type=checked_int("workers", minimum=0, maximum=engines.MAX_WORKERS),
         default=None,
         show_default="all cores",
         help="Parallel workers for the per-image work (0 = all in this process).",

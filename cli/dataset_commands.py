@@ -71,6 +71,13 @@ def report_rejects(rejected: list[FileResult], quiet: bool) -> None:
             click.echo(f"  {result.path}: [{result.kind}] {result.reason}", err=True)
 
 
+def report_removed(removed: list[str]) -> None:
+    if removed:
+        click.echo(f"removed {len(removed)} output(s) whose input is gone:")
+        for path in removed:
+            click.echo(f"  {path}")
+
+
 def class_table(summary: Summary, columns: tuple[str, ...]) -> None:
     rows = [
         [cls, sum(counts.values()), *(counts[c] for c in columns)]
@@ -145,6 +152,10 @@ def verify_command(
             click.echo(
                 f"moved {len(result.quarantined)} rejected file(s) to {quarantine}", err=True
             )
+        for path, new_name in result.renamed.items():
+            click.echo(f"  {path} -> {new_name} (that name was taken: nothing replaced)", err=True)
+        for path, reason in result.not_moved.items():
+            click.echo(f"  not moved {path}: {reason}", err=True)
     finish(result.ok)
 
 
@@ -232,6 +243,7 @@ def preprocess_command(
             f"{summary.total['ok']} written in {summary.seconds:.1f}s "
             f"({rate:.0f} images/s) to {output}"
         )
+        report_removed(result.removed)
         report_rejects(result.rejected, quiet)
     finish(result.ok)
 
@@ -290,6 +302,11 @@ def preprocess_command(
     help="Leave out the files listed in a CSV (e.g. `cvprep inspect` findings), "
     "optionally only some issue kinds: findings.csv:blurry,exact_duplicate.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Re-split an OUT made with other settings (files move between splits).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the table; write nothing.")
 @workers_option
 @quiet_option
@@ -308,6 +325,7 @@ def split_command(
     no_near: bool,
     min_per_split: int,
     exclude: str | None,
+    overwrite: bool,
     dry_run: bool,
     workers: int | None,
     quiet: bool,
@@ -320,6 +338,10 @@ def split_command(
     duplicates (resized or re-encoded copies) always land in the same split or fold.
     OUT/manifest.csv records every file's class, split, hashes and the reason for the
     decision. The same picture filed under two classes is reported, never silently resolved.
+
+    Running it again brings OUT in line with IN: changed images are copied again, copies of
+    deleted or excluded ones are removed (each listed), and an interrupted run is finished,
+    never leaving a file in two splits. Other settings (seed, ratios, ...) need --overwrite.
 
     Python: cvprep.dataset.split(IN, OUT, ratios=..., fixed=..., kfold=..., seed=...)
 
@@ -342,6 +364,7 @@ def split_command(
         near_threshold=None if no_near else near_threshold,
         min_per_split=min_per_split,
         exclude=exclude,
+        overwrite=overwrite,
         dry_run=dry_run,
         workers=workers,
         progress=BarProgress(quiet or as_json),
@@ -359,6 +382,10 @@ def split_command(
             )
         for path, reason in result.rejected.items():
             click.echo(f"  rejected {path}: {reason}", err=True)
+        for path in result.replaced:
+            click.echo(f"  replaced {path}: it was not a copy of its input as it is now")
+        for path, reason in result.removed.items():
+            click.echo(f"  removed {path}: {reason}")
         click.echo(
             "dry run: nothing written"
             if dry_run
@@ -462,6 +489,7 @@ def augment_command(
         )
         if result.passed_through:
             click.echo(f"passed through unchanged: {', '.join(result.passed_through)}")
+        report_removed(result.removed)
         report_rejects(result.rejected, quiet)
     finish(result.ok)
 

@@ -8,7 +8,6 @@ be followed forever: it is reported as a problem instead, like an unreadable fol
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,14 +113,21 @@ def _walk(
             tree.files.append(child)  # a broken link is listed: reading it reports why
 
 
-def iter_files(root: Path) -> Iterator[Path]:
-    """The candidate files under ``root``, relative to it (see :func:`list_tree`)."""
-    yield from list_tree(root).files
-
-
 def class_of(relative: Path) -> str | None:
     """The class of a file in a folder of class subfolders (None for top-level files)."""
     return relative.parts[0] if len(relative.parts) > 1 else None
+
+
+def require_folder(path: str | os.PathLike[str], name: str = "source") -> Path:
+    """``path`` as a ``Path`` when it is an existing folder; else a ``ParameterError`` naming
+    the argument (a job never "succeeds" on a folder that does not exist)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise ParameterError(
+            f"`{name}` should be an existing folder. Received: {name}={os.fspath(path)!r} ({what})"
+        )
+    return folder
 
 
 def check_separate(source: Path, destination: Path) -> None:

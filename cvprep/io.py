@@ -439,6 +439,12 @@ def _rescale_depth(image: np.ndarray) -> ImageArray:
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
+def writable_name(path: Path) -> Path:
+    """``path`` when cvprep writes its format (by extension), else the same name as PNG
+    (lossless): a GIF, PPM or ``.jfif`` input gets a ``.png`` output."""
+    return path if path.suffix.lower() in WRITE_FORMATS else path.with_suffix(".png")
+
+
 def encode_image(image: npt.ArrayLike, extension: str, *, quality: int | None = None) -> bytes:
     """Encode an RGB/grayscale ``uint8`` image to bytes in the format named by ``extension``.
 

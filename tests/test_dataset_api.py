@@ -240,7 +240,9 @@ def test_unfinished_run_with_other_settings_is_refused(shapes, tmp_path):
         "max_pixels": cvprep.io.DEFAULT_MAX_PIXELS,
     }
     write_record(out, "preprocess", settings, status="in progress")
-    cvprep.write_image(out / "round" / "round_000.png", np.zeros((16, 16, 3), np.uint8))
+    finished = cvprep.write_image(out / "round" / "round_000.png", np.zeros((16, 16, 3), np.uint8))
+    source_time = (shapes / "round" / "round_000.png").stat().st_mtime_ns
+    os.utime(finished, ns=(source_time, source_time))  # as preprocess stamps what it wrote
     with pytest.raises(SettingsMismatchError, match="unfinished run with different settings"):
         dataset.preprocess(shapes, out, "resize=20x20", workers=0)
     result = invoke("preprocess", shapes, out, "--ops", "resize=20x20", "-w", "0")

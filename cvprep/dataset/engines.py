@@ -23,9 +23,11 @@ from typing import Any, Protocol
 
 import cv2
 
-from cvprep.errors import CvprepError, ParameterError
+from cvprep import params
+from cvprep.errors import CvprepError
 
 ENGINES = ("local", "ray")
+MAX_WORKERS = 512
 CHUNK_SIZE = 32
 RAY_BATCH_SIZE = 16
 
@@ -53,17 +55,17 @@ def make_engine(
     [1, 2, 3]
     """
     if not isinstance(engine, str):
+        if not callable(getattr(engine, "map", None)):
+            raise params.fail("engine", f"one of {', '.join(ENGINES)} or an Engine", engine)
         return engine
-    if workers is not None and workers < 0:
-        raise ParameterError(f"`workers` should be >= 0. Received: workers={workers}")
+    workers = params.check_optional_int("workers", workers, minimum=0, maximum=MAX_WORKERS)
+    params.check_choice("engine", engine, ENGINES)
+    if ray_address is not None and not isinstance(ray_address, str):
+        raise params.fail("ray_address", "HOST:PORT text", ray_address)
     count = default_workers() if workers is None else workers
-    if engine == "local":
-        return LocalEngine(count)
     if engine == "ray":
         return RayEngine(count, ray_address)
-    raise ParameterError(
-        f"`engine` should be one of {', '.join(ENGINES)}. Received: engine={engine!r}"
-    )
+    return LocalEngine(count)
 
 
 # --------------------------------------------------------------------------- local pool

@@ -30,13 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from cvprep import params
 from cvprep.dataset.duplicates import content_hash, near_duplicate_pairs
 from cvprep.dataset.engines import Engine, make_engine
 from cvprep.dataset.quality import ImageStats, measure, thumbnail_distance
 from cvprep.dataset.results import Progress, ReadTask, tracked
-from cvprep.errors import ImageError, ParameterError
-from cvprep.files import EmptyTreeError, class_of, list_tree
-from cvprep.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, read_image
+from cvprep.errors import ImageError, ParameterError, filesystem_errors
+from cvprep.files import EmptyTreeError, class_of, list_tree, require_folder
+from cvprep.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, check_max_pixels, read_image
 
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "label_conflict")
 QUALITY_KINDS = (
@@ -166,6 +167,7 @@ class InspectResult:
         }
 
 
+@filesystem_errors
 def inspect(
     source: str | os.PathLike[str],
     *,
@@ -216,7 +218,8 @@ def inspect(
     round/round_000.png = angular/mislabeled.png
     """
     started = time.perf_counter()
-    root = Path(source)
+    root = require_folder(source)
+    check_max_pixels(max_pixels)
     limits_override = dict(thresholds or {})
     unknown = sorted(set(limits_override) - set(RULES))
     if unknown:
@@ -289,11 +292,7 @@ def _limits(
         "least_detail": 0.0 if "low_information" in override else 3.0,
     }
     for name, value in override.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ParameterError(
-                f"`thresholds` values should be non-negative numbers. Received: {name}={value!r}"
-            )
-        limits[name] = float(value)
+        limits[name] = params.check_number(name, value, minimum=0)
     if not 0 <= limits["near_duplicate"] <= 11:
         raise ParameterError(
             "`near_duplicate` should be between 0 and 11 bits. "

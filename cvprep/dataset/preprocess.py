@@ -10,12 +10,15 @@ from typing import Any
 
 import cv2
 
+from cvprep import params
 from cvprep.dataset.engines import Engine, make_engine
 from cvprep.dataset.output import (
+    SettingsMismatchError,
     check_record,
+    has_content,
     output_lock,
     read_record,
-    remove_partial_writes,
+    remove_stale,
     write_record,
 )
 from cvprep.dataset.results import (
@@ -26,14 +29,16 @@ from cvprep.dataset.results import (
     tracked,
     write_report,
 )
-from cvprep.errors import ImageError, ParameterError
-from cvprep.files import EmptyTreeError, check_separate, list_tree
+from cvprep.errors import ImageError, filesystem_errors
+from cvprep.files import EmptyTreeError, check_separate, list_tree, require_folder
 from cvprep.io import (
     DEFAULT_MAX_PIXELS,
-    WRITE_FORMATS,
+    REDUCE_FACTORS,
     atomic_write_bytes,
+    check_max_pixels,
     encode_image,
     read_image,
+    writable_name,
 )
 from cvprep.ops import to_uint8
 from cvprep.pipeline import Pipeline, pipeline_from_json
@@ -60,9 +65,13 @@ class PreprocessTask:
 
 
 def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResult:
-    """Decode, process, encode and atomically write one file (``data``: already-read bytes)."""
+    """Decode, process, encode and atomically write one file (``data``: already-read bytes).
+
+    An output is up to date when its modification time is its input's (set when it is
+    written): an input changed since is processed again."""
     target = os.path.join(task.output_root, task.output_relative)
-    if os.path.exists(target):
+    source_mtime = _mtime_ns(task.source)
+    if source_mtime is not None and _mtime_ns(target) == source_mtime:
         return FileResult(task.relative, "skipped", output=task.output_relative)
     try:
         image = read_image(
@@ -71,6 +80,7 @@ def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResul
             max_pixels=task.max_pixels,
         )
     except ImageError as exc:
+        Path(target).unlink(missing_ok=True)  # the output of what the input used to be
         return FileResult(task.relative, "rejected", exc.kind, exc.reason)
     try:
         result = pipeline_from_json(task.spec_json).apply(image)
@@ -78,6 +88,8 @@ def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResul
     except (ValueError, cv2.error) as exc:
         return FileResult(task.relative, "rejected", "unprocessable", f"pipeline failed: {exc}")
     atomic_write_bytes(Path(target), encoded)
+    if source_mtime is not None:
+        os.utime(target, ns=(source_mtime, source_mtime))
     return FileResult(
         task.relative,
         "ok",
@@ -87,12 +99,17 @@ def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResul
     )
 
 
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
 def output_name(relative: Path, fmt: str | None) -> Path:
     """The output path of an input file: same relative path, extension from ``fmt`` (or the
-    source's own if it is writable, else PNG)."""
-    if fmt:
-        return relative.with_suffix("." + fmt)
-    return relative if relative.suffix.lower() in WRITE_FORMATS else relative.with_suffix(".png")
+    source's own if cvprep writes it, else PNG)."""
+    return relative.with_suffix("." + fmt) if fmt else writable_name(relative)
 
 
 @dataclass
@@ -104,11 +121,18 @@ class PreprocessResult(SummarisedResult):
     spec: str
     summary: Summary
     record: dict[str, Any] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)  # outputs whose input is gone
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.summary.to_dict(), "output": str(self.output), "spec": self.spec}
+        return {
+            **self.summary.to_dict(),
+            "output": str(self.output),
+            "spec": self.spec,
+            "removed": self.removed,
+        }
 
 
+@filesystem_errors
 def preprocess(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -128,10 +152,12 @@ def preprocess(
     ``output``.
 
     Writes are atomic, so an interrupted run leaves no broken file, and running it again with
-    the same settings finishes the job (finished files are skipped). The run record
-    ``output/cvprep.json`` is written before the first image: a folder made with other settings
-    is refused, whether that run finished or not, unless ``overwrite``. Only one job at a time
-    may write into ``output``. Rejected inputs are listed in ``output/rejected.csv``.
+    the same settings finishes the job: finished files are skipped, inputs changed since are
+    processed again, and the outputs of deleted inputs are removed (``removed``). The run
+    record ``output/cvprep.json`` is written before the first image: a folder made with other
+    settings or from another source is refused, whether that run finished or not, unless
+    ``overwrite``. Only one job at a time may write into ``output``. Rejected inputs are
+    listed in ``output/rejected.csv``.
 
     Parameters
     ----------
@@ -144,7 +170,8 @@ def preprocess(
     quality : int, optional
         JPEG/WebP quality, 1–100.
     fast_decode : {1, 2, 4, 8}
-        Decode JPEGs at 1/N size: much faster for large photos, not bit-exact.
+        Decode JPEGs at 1/N size: much faster for large photos, not bit-exact (other
+        formats are decoded at full size).
     overwrite : bool
         Reprocess everything, even into an output made with other settings.
     workers, engine, ray_address, max_pixels, progress
@@ -162,6 +189,8 @@ def preprocess(
         When ``output`` was made with other settings (and not ``overwrite``).
     OutputBusyError
         When another job is writing into ``output``.
+    FileSystemError
+        When ``output`` cannot be written (read-only, full disk, a file in the way, ...).
 
     Examples
     --------
@@ -175,30 +204,26 @@ def preprocess(
     >>> preprocess(photos, tmp / "prepped", "resize=32x32,grayscale", workers=0).summary.total
     {'ok': 0, 'skipped': 6, 'rejected': 0}
     """
-    root, out = Path(source), Path(output)
+    root, out = require_folder(source), Path(output)
     pipeline = ops if isinstance(ops, Pipeline) else Pipeline.parse(ops)
     settings = _settings(pipeline, fmt, quality, fast_decode, max_pixels)
+    params.check_bool("overwrite", overwrite)
     check_separate(root, out)
     tree = list_tree(root)
     if not tree.files and not tree.problems:
         raise EmptyTreeError(root)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
     with output_lock(out, COMMAND):
-        if not overwrite:
-            check_record(out, COMMAND, settings)
+        owned = _check_output(out, settings, _where(root), overwrite)
         write_record(out, COMMAND, settings, status="in progress", extra=_where(root))
-        remove_partial_writes(out)
         tasks, collisions = _plan(tree.files, root, out, pipeline, settings)
+        wanted = {Path(task.output_relative).as_posix() for task in tasks}
+        # Only in a folder that is ours: an --overwrite of a foreign folder keeps its files.
+        removed = remove_stale(out, wanted) if owned else []
         if overwrite:
             for task in tasks:
                 (out / task.output_relative).unlink(missing_ok=True)
-        summary = Summary()
-        start = time.perf_counter()
-        for result in tracked(
-            runner.map(preprocess_one, tasks), len(tasks), "preprocessing", progress
-        ):
-            summary.add(result)
-        summary.seconds = time.perf_counter() - start
+        summary = _run(runner, tasks, progress)
         for extra in [*collisions, *map(FileResult.from_problem, tree.problems)]:
             summary.add(extra)
         write_report(out / REJECTS_FILE, sorted(summary.rejected, key=lambda r: r.path))
@@ -212,7 +237,34 @@ def preprocess(
                 "summary": {"total": summary.total, "per_class": summary.per_class},
             },
         )
-    return PreprocessResult(root, out, pipeline.to_text(), summary, record)
+    return PreprocessResult(root, out, pipeline.to_text(), summary, record, removed)
+
+
+def _check_output(
+    out: Path, settings: dict[str, Any], where: dict[str, str], overwrite: bool
+) -> bool:
+    """Refuse an OUT made otherwise (unless ``overwrite``); returns whether OUT is ours to
+    tidy (a preprocess output, or empty)."""
+    record = read_record(out)
+    owned = record.get("command") == COMMAND or not has_content(out)
+    if overwrite:
+        return owned
+    check_record(out, COMMAND, settings)
+    if record.get("source") and record["source"] != where["source"]:
+        raise SettingsMismatchError(
+            f"{out} holds the preprocessed images of {record['source']}, not of "
+            f"{where['source']}; use a new output folder or --overwrite"
+        )
+    return owned
+
+
+def _run(runner: Engine, tasks: list[PreprocessTask], progress: Progress | None) -> Summary:
+    summary = Summary()
+    start = time.perf_counter()
+    for result in tracked(runner.map(preprocess_one, tasks), len(tasks), "preprocessing", progress):
+        summary.add(result)
+    summary.seconds = time.perf_counter() - start
+    return summary
 
 
 def _settings(
@@ -222,20 +274,14 @@ def _settings(
     fast_decode: int,
     max_pixels: int | None,
 ) -> dict[str, Any]:
-    if fmt is not None and fmt not in FORMATS:
-        raise ParameterError(f"`fmt` should be one of {', '.join(FORMATS)}. Received: fmt={fmt!r}")
-    if quality is not None and not 1 <= quality <= 100:
-        raise ParameterError(f"`quality` should be between 1 and 100. Received: quality={quality}")
-    if fast_decode not in (1, 2, 4, 8):
-        raise ParameterError(
-            f"`fast_decode` should be 1, 2, 4 or 8. Received: fast_decode={fast_decode}"
-        )
+    if fmt is not None:
+        params.check_choice("fmt", fmt, FORMATS)
     return {
         "spec": pipeline.to_text(),
         "format": fmt,
-        "quality": quality,
-        "fast_decode": fast_decode,
-        "max_pixels": max_pixels,
+        "quality": params.check_optional_int("quality", quality, minimum=1, maximum=100),
+        "fast_decode": params.check_choice("fast_decode", fast_decode, REDUCE_FACTORS),
+        "max_pixels": check_max_pixels(max_pixels),
     }
 
 

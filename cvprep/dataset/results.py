@@ -40,10 +40,19 @@ class FileResult:
     width: int = 0
     height: int = 0
     output: str = ""
+    folder: bool = False  # a folder that could not be listed, not a file
 
     @classmethod
     def from_problem(cls, problem: TreeProblem) -> FileResult:
-        return cls(problem.path, "rejected", problem.kind, problem.reason)
+        return cls(problem.path, "rejected", problem.kind, problem.reason, folder=True)
+
+    @property
+    def cls(self) -> str:
+        """The class folder the file belongs to (a folder problem: the class it is), or "."
+        for a file at the top level."""
+        return class_of(Path(self.path)) or (
+            Path(self.path).parts[0] if self.folder and self.path != "." else "."
+        )
 
 
 @dataclass
@@ -55,8 +64,7 @@ class Summary:
     seconds: float = 0.0
 
     def add(self, result: FileResult) -> None:
-        cls = class_of(Path(result.path)) or "."
-        counts = self.per_class.setdefault(cls, dict.fromkeys(STATUSES, 0))
+        counts = self.per_class.setdefault(result.cls, dict.fromkeys(STATUSES, 0))
         counts[result.status] += 1
         if result.status == "rejected":
             self.rejected.append(result)
@@ -141,7 +149,7 @@ def write_report(path: Path, results: Iterable[FileResult]) -> None:
         writer.writerow(
             [
                 r.path,
-                class_of(Path(r.path)) or "",
+                r.cls if r.cls != "." else "",
                 r.status,
                 r.kind,
                 r.reason,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from cvprep import params
 from cvprep.dataset.duplicates import (
     content_hash,
     group_labels,
@@ -40,10 +42,24 @@ from cvprep.dataset.duplicates import (
     perceptual_hash,
 )
 from cvprep.dataset.engines import Engine, make_engine
-from cvprep.dataset.output import output_lock, read_record, write_record
+from cvprep.dataset.output import (
+    SettingsMismatchError,
+    has_content,
+    output_lock,
+    read_record,
+    remove_stale,
+    write_record,
+)
 from cvprep.dataset.results import Progress, tracked
-from cvprep.errors import ImageError, ParameterError
-from cvprep.files import EmptyTreeError, TreeProblem, check_separate, class_of, list_tree
+from cvprep.errors import ImageError, ParameterError, filesystem_errors
+from cvprep.files import (
+    EmptyTreeError,
+    TreeProblem,
+    check_separate,
+    class_of,
+    list_tree,
+    require_folder,
+)
 from cvprep.io import atomic_write_bytes, copy_atomic, read_image
 from cvprep.params import DEFAULT_SEED
 
@@ -52,6 +68,20 @@ SPLIT_NAMES = ("train", "val", "test")
 MODES = ("copy", "hardlink", "symlink")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ["path", "class", "split", "sha256", "phash", "group", "reason"]
+MAX_FOLDS = 100
+MAX_NEAR_THRESHOLD = 11
+# Settings that decide where files go: a re-run into an OUT made with others is refused
+# (or, with ``overwrite``, re-splits it). Values for records written before a key existed.
+BINDING_SETTINGS = {
+    "ratios": None,
+    "fixed": None,
+    "kfold": None,
+    "seed": None,
+    "mode": "copy",
+    "group": None,
+    "near_threshold": 6,
+    "min_per_split": 0,
+}
 
 
 @dataclass
@@ -87,8 +117,19 @@ class Plan:
                     + " and at least 1 train (fixed)"
                 )
             return {"train": count - held_out, **self.fixed}
+        if self.folds is not None and count < self.folds:
+            raise ParameterError(
+                f"class {cls!r} has {count} images, fewer than kfold={self.folds}: every fold "
+                "needs a validation image of each class; use fewer folds"
+            )
         shares = self.ratios or {name: 1.0 / len(self.names) for name in self.names}
-        return class_targets(count, shares, min_per_split, cls)
+        targets = class_targets(count, shares, min_per_split, cls)
+        if self.ratios is not None and targets["train"] == 0:
+            raise ParameterError(
+                f"`ratios` give class {cls!r} ({count} images) no training image. "
+                f"Received: ratios={','.join(f'{v:g}' for v in self.ratios.values())}"
+            )
+        return targets
 
     def destinations(self, split: str) -> list[str]:
         """The folders under OUT a file of ``split`` is written to."""
@@ -114,7 +155,11 @@ def parse_ratios(value: str | Sequence[float] | dict[str, float]) -> dict[str, f
         raise ParameterError(
             f"`ratios` should be 2 or 3 comma-separated numbers. Received: ratios={value!r}"
         ) from None
-    if len(values) not in (2, 3) or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6:
+    if (
+        len(values) not in (2, 3)
+        or not all(math.isfinite(v) and v >= 0 for v in values)
+        or abs(sum(values) - 1) > 1e-6
+    ):
         raise ParameterError(
             "`ratios` should be 2 or 3 non-negative numbers summing to 1. "
             f"Received: ratios={value!r}"
@@ -159,8 +204,7 @@ def make_plan(
             f"give one of `ratios`, `fixed` or `kfold`. Received: {', '.join(chosen)}"
         )
     if kfold is not None:
-        if isinstance(kfold, bool) or not isinstance(kfold, int) or kfold < 2:
-            raise ParameterError(f"`kfold` should be an integer >= 2. Received: kfold={kfold!r}")
+        kfold = params.check_int("kfold", kfold, minimum=2, maximum=MAX_FOLDS)
         return Plan(tuple(f"fold_{i}" for i in range(1, kfold + 1)), folds=kfold)
     if fixed is not None:
         counts = parse_fixed(fixed)
@@ -348,7 +392,13 @@ def read_manifest(output: Path) -> dict[str, tuple[str, str]]:
     if not path.exists():
         return {}
     with path.open(newline="") as handle:
-        return {row["path"]: (row["split"], row["sha256"]) for row in csv.DictReader(handle)}
+        # A damaged manifest only costs its promises (kept splits, vouched copies): every
+        # copy it no longer vouches for is checked against its input.
+        return {
+            row["path"]: (row.get("split") or "", row.get("sha256") or "")
+            for row in csv.DictReader(handle)
+            if row.get("path")
+        }
 
 
 def write_manifest(output: Path, items: list[Item]) -> None:
@@ -377,50 +427,88 @@ def write_manifest(output: Path, items: list[Item]) -> None:
     atomic_write_bytes(output / MANIFEST, buffer.getvalue().encode())
 
 
+SPLIT_FOLDER = re.compile(r"^(train|val|test|fold_\d+)$")
+
+
+@dataclass
+class Changes:
+    """What a run changed in OUT besides new files."""
+
+    written: int = 0
+    replaced: list[str] = field(default_factory=list)  # in OUT: a copy that was not its input
+    removed: list[str] = field(default_factory=list)  # in OUT: files no split should hold
+
+
 def materialise(
     source: Path,
     output: Path,
     items: list[Item],
     plan: Plan,
     mode: str,
-    previous: dict[str, tuple[str, str]],
-) -> int:
-    """Create ``output/<destination>/<class>/...`` for every assigned item; returns files
-    written. Files already in place are left alone; a file whose split changed is removed from
-    its old place, so nothing is in two splits."""
-    written = 0
-    for item in items:
-        if not item.split:
+    manifest: dict[str, tuple[str, str]],
+) -> Changes:
+    """Make OUT's split folders hold exactly the assigned items, each a copy (or link) of its
+    input as it is now.
+
+    Everything else in those folders goes first — files of deleted or excluded inputs, files
+    whose split changed, leftovers of an interrupted run or of another layout — so that no
+    file is ever in two splits, even when this run is killed midway. Then every missing or
+    outdated file is written. ``manifest`` (the previous run's) only saves re-reading copies
+    that it vouches for."""
+    wanted = {
+        f"{destination}/{item.path}": item
+        for item in items
+        if item.split
+        for destination in plan.destinations(item.split)
+    }
+    roots = [p.name for p in output.iterdir() if p.is_dir() and SPLIT_FOLDER.match(p.name)]
+    changes = Changes(removed=remove_stale(output, set(wanted), roots))
+    for relative, item in sorted(wanted.items()):
+        target = output / relative
+        if not (target.exists() or target.is_symlink()):
+            changes.written += 1
+        elif _is_copy_of(source / item.path, target, item, mode, manifest):
             continue
-        wanted = plan.destinations(item.split)
-        old = previous.get(item.path)
-        if old and old[0] != item.split and old[0] in plan.names:
-            for stale in set(plan.destinations(old[0])) - set(wanted):
-                stale_path = output / stale / item.path
-                if stale_path.is_file() or stale_path.is_symlink():
-                    stale_path.unlink()
-        for destination in wanted:
-            target = output / destination / item.path
-            if target.exists() or target.is_symlink():
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(source / item.path, target, mode)
-            written += 1
-    return written
+        else:
+            changes.replaced.append(relative)
+        _link_or_copy(source / item.path, target, mode)
+    return changes
+
+
+def _is_copy_of(
+    source: Path, target: Path, item: Item, mode: str, manifest: dict[str, tuple[str, str]]
+) -> bool:
+    """Whether ``target`` already is what this run would write for ``item``."""
+    if mode == "symlink":
+        return target.is_symlink() and os.readlink(target) == str(source.resolve())
+    if target.is_symlink():
+        return False
+    if mode == "hardlink":
+        return os.path.samefile(source, target)
+    vouched = manifest.get(item.path, ("", ""))[1] == item.sha256
+    if vouched and target.stat().st_size == source.stat().st_size:
+        return True
+    return content_hash(target.read_bytes()) == item.sha256
 
 
 def _link_or_copy(source: Path, target: Path, mode: str) -> None:
+    """Create or replace ``target`` atomically: a reader never sees a partial file."""
+    if mode == "copy":
+        copy_atomic(source, target)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+    temporary.unlink(missing_ok=True)
     if mode == "hardlink":
         try:
-            os.link(source, target)
+            os.link(source, temporary)
         except OSError as exc:
             raise ParameterError(
                 f"cannot hard-link {source} to {target} ({exc.strerror}); use mode copy or symlink"
             ) from exc
-    elif mode == "symlink":
-        os.symlink(source.resolve(), target)
     else:
-        copy_atomic(source, target)
+        os.symlink(source.resolve(), temporary)
+    os.replace(temporary, target)
 
 
 # --------------------------------------------------------------------------- exclusions
@@ -463,6 +551,8 @@ class SplitResult:
     dry_run: bool = False
     grouped: int = 0
     conflicts: list[list[str]] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # OUT files rewritten from their input
+    removed: dict[str, str] = field(default_factory=dict)  # OUT file → why it had to go
 
     @property
     def rows(self) -> dict[str, dict[str, int]]:
@@ -488,6 +578,8 @@ class SplitResult:
             "per_class": self.rows,
             "splits": list(self.names),
             "written": self.written,
+            "replaced": self.replaced,
+            "removed": self.removed,
             "dry_run": self.dry_run,
             "rejected": self.rejected,
             "excluded": {i.path: i.excluded for i in self.items if i.excluded},
@@ -497,6 +589,7 @@ class SplitResult:
         }
 
 
+@filesystem_errors
 def split(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -510,6 +603,7 @@ def split(
     near_threshold: int | None = 6,
     min_per_split: int = 0,
     exclude: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
     dry_run: bool = False,
     workers: int | None = None,
     engine: str | Engine = "local",
@@ -523,18 +617,25 @@ def split(
     ``output/manifest.csv`` keep their split when new images are added. Exact and near
     duplicates (resized or re-encoded copies) always land in the same split or fold.
 
+    A re-run brings ``output`` in line with ``source``: new images are added, changed ones
+    are copied again (``replaced``), the copies of deleted or excluded ones are removed
+    (``removed``, with the reason), and what an interrupted run left is tidied up — the
+    removals first, so no file is ever in two splits. A re-run with other settings (seed,
+    ratios, fixed, kfold, mode, group, near_threshold, min_per_split) is refused unless
+    ``overwrite``, which re-splits the folder.
+
     Parameters
     ----------
     source, output : path
         A folder of class subfolders, and where to write the split.
     ratios : "TRAIN,VAL[,TEST]" or sequence, optional
-        Shares summing to 1 (default ``0.8,0.1,0.1``).
+        Shares summing to 1 (default ``0.8,0.1,0.1``); every class must get a training image.
     fixed : "VAL[,TEST]" or sequence, optional
         Fixed numbers of images per class for val (and test); the rest goes to train. A class
         too small for them is refused.
     kfold : int, optional
         ``K`` stratified folds: ``output/fold_i/val`` holds fold ``i``, ``output/fold_i/train``
-        the other folds.
+        the other folds. Every class needs at least ``K`` images.
     seed : int
         Decides the assignment (with the files' content, not their names).
     mode : {"copy", "hardlink", "symlink"}
@@ -549,6 +650,8 @@ def split(
     exclude : path, optional
         Leave out the files listed in a CSV with a ``path`` column (``cvprep inspect``'s
         findings); ``"findings.csv:blurry,dark"`` only those issue kinds.
+    overwrite : bool
+        Re-split an ``output`` made with other settings (files move between splits).
     dry_run : bool
         Decide and count, but write nothing.
 
@@ -556,7 +659,8 @@ def split(
     -------
     SplitResult
         Its ``conflicts`` lists groups of identical pictures filed under different classes:
-        they are kept (in one split) and reported, never silently resolved.
+        they are kept (in one split) and reported, never silently resolved. Files outside
+        class folders are listed as rejected.
 
     Examples
     --------
@@ -569,41 +673,21 @@ def split(
     >>> len(list((tmp / "folds" / "fold_1" / "val" / "round").iterdir()))
     2
     """
-    root, out = Path(source), Path(output)
+    root, out = require_folder(source), Path(output)
     plan = make_plan(ratios, fixed, kfold)
-    if mode not in MODES:
-        raise ParameterError(f"`mode` should be one of {', '.join(MODES)}. Received: mode={mode!r}")
-    if group:
-        try:
-            re.compile(group)
-        except re.error as exc:
-            raise ParameterError(
-                f"`group` is not a valid regex ({exc}). Received: group={group!r}"
-            ) from None
-    if near_threshold is not None and not 0 <= near_threshold <= 11:
-        raise ParameterError(
-            "`near_threshold` should be between 0 and 11 or None. "
-            f"Received: near_threshold={near_threshold}"
-        )
+    settings = _settings(plan, seed, mode, group, near_threshold, min_per_split, exclude)
+    params.check_bool("overwrite", overwrite)
+    params.check_bool("dry_run", dry_run)
     excluded = read_exclusions(exclude) if exclude is not None else {}
     check_separate(root, out)
     tree = list_tree(root)
     files = tree.in_classes()
     if not files:
         raise EmptyTreeError(root, "no image files in class subfolders")
-    previous_record = read_record(out)
-    if previous_record.get("command") == COMMAND and not dry_run:
-        _check_same_layout(out, previous_record, plan)
+    _check_class_sizes(files, excluded, plan)
+    _check_previous_run(out, settings, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    tasks = [HashTask(str(root), str(path)) for path in files if str(path) not in excluded]
-    items = list(tracked(runner.map(hash_one, tasks), len(tasks), "hashing", progress))
-    items += [
-        Item(str(path), class_of(path) or "", excluded=excluded[str(path)])
-        for path in files
-        if str(path) in excluded
-    ]
-    items += [_problem_item(problem) for problem in tree.problems]
-    items.sort(key=lambda item: item.path)  # the pool returns them in any order
+    items = _hashed_items(runner, root, tree, files, excluded, progress)
     good = [item for item in items if not item.rejected and not item.excluded]
     reasons = group_items(good, near_threshold=near_threshold, group_regex=group)
     result = SplitResult(
@@ -616,35 +700,17 @@ def split(
         conflicts=cross_class_groups(good),
     )
     if dry_run:
-        assign_splits(
-            good,
-            plan,
-            seed=seed,
-            previous=read_manifest(out),
-            min_per_split=min_per_split,
-            join_reasons=reasons,
-        )
+        previous = {} if overwrite else read_manifest(out)
+        _assign(good, plan, settings, previous, reasons)
         return result
     with output_lock(out, COMMAND):
-        previous = read_manifest(out)
-        assign_splits(
-            good,
-            plan,
-            seed=seed,
-            previous=previous,
-            min_per_split=min_per_split,
-            join_reasons=reasons,
-        )
-        settings = {
-            **plan.settings(),
-            "seed": seed,
-            "mode": mode,
-            "group": group,
-            "near_threshold": near_threshold,
-            "exclude": os.fspath(exclude) if exclude else None,
-        }
+        _check_previous_run(out, settings, overwrite)  # again: another job may have finished
+        manifest = read_manifest(out)
+        _assign(good, plan, settings, {} if overwrite else manifest, reasons)
         write_record(out, COMMAND, settings, status="in progress")
-        result.written = materialise(root, out, good, plan, mode, previous)
+        changes = materialise(root, out, good, plan, mode, manifest)
+        result.written, result.replaced = changes.written, changes.replaced
+        result.removed = _removal_reasons(changes.removed, items, manifest)
         write_manifest(out, items)
         write_record(
             out,
@@ -656,21 +722,157 @@ def split(
     return result
 
 
-def _problem_item(problem: TreeProblem) -> Item:
-    return Item(
-        problem.path,
-        class_of(Path(problem.path)) or "",
-        rejected=f"{problem.kind}: {problem.reason}",
+def _settings(
+    plan: Plan,
+    seed: object,
+    mode: object,
+    group: str | None,
+    near_threshold: object,
+    min_per_split: object,
+    exclude: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """The run's settings, each checked (the record compares them with a previous run's)."""
+    if group is not None:
+        if not isinstance(group, str):
+            raise params.fail("group", "a regular expression (text)", group)
+        try:
+            re.compile(group)
+        except re.error as exc:
+            raise ParameterError(
+                f"`group` is not a valid regex ({exc}). Received: group={group!r}"
+            ) from None
+    return {
+        **plan.settings(),
+        "seed": params.check_seed(seed),
+        "mode": params.check_choice("mode", mode, MODES),
+        "group": group or None,
+        "near_threshold": params.check_optional_int(
+            "near_threshold", near_threshold, minimum=0, maximum=MAX_NEAR_THRESHOLD
+        ),
+        "min_per_split": params.check_int("min_per_split", min_per_split, minimum=0),
+        "exclude": os.fspath(exclude) if exclude else None,
+    }
+
+
+def _check_class_sizes(files: list[Path], excluded: dict[str, str], plan: Plan) -> None:
+    """Refuse impossible targets (too few images for the folds or the fixed counts, no
+    training image) before hashing every file; the assignment checks again what remains
+    after rejects."""
+    counts = Counter(class_of(path) for path in files if str(path) not in excluded)
+    for cls, count in sorted(counts.items()):
+        plan.targets(count, cls or "")
+
+
+def _check_previous_run(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """An OUT is new, empty, or an earlier split with the same settings (with ``overwrite``,
+    any earlier split). Anything else is refused: re-splitting deletes files there."""
+    record = read_record(out)
+    if not record:
+        if has_content(out):
+            raise SettingsMismatchError(
+                f"{out} is not empty and has no cvprep run record (cvprep.json): "
+                "split into a new output folder"
+            )
+        return
+    if record.get("command") != COMMAND:
+        raise SettingsMismatchError(
+            f"{out} was made by `cvprep {record.get('command')}`, not `cvprep split`: "
+            "split into a new output folder"
+        )
+    previous = record.get("settings", {})
+    changed = [
+        name
+        for name, default in BINDING_SETTINGS.items()
+        if previous.get(name, default) != settings[name]
+    ]
+    if changed and not overwrite:
+        was = ", ".join(_setting_text(n, previous.get(n, BINDING_SETTINGS[n])) for n in changed)
+        now = ", ".join(_setting_text(n, settings[n]) for n in changed)
+        raise SettingsMismatchError(
+            f"{out} holds a split made with {was}; this one has {now}. Use --overwrite "
+            "(overwrite=True) to re-split it there (files move between splits), or a new "
+            "output folder"
+        )
+
+
+def _setting_text(name: str, value: Any) -> str:
+    if name == "kfold":
+        return f"a {value}-fold layout" if value else "a train/val/test layout"
+    if isinstance(value, dict):  # ratios or fixed counts, as typed on the command line
+        value = ",".join(f"{v:g}" for v in value.values())
+    return f"{name}={value}"
+
+
+def _hashed_items(
+    runner: Engine,
+    root: Path,
+    tree: Any,
+    files: list[Path],
+    excluded: dict[str, str],
+    progress: Progress | None,
+) -> list[Item]:
+    """An item per file: hashed, or excluded, or rejected (unreadable, a tree problem, or a
+    file outside the class folders), sorted by path."""
+    tasks = [HashTask(str(root), str(path)) for path in files if str(path) not in excluded]
+    items = list(tracked(runner.map(hash_one, tasks), len(tasks), "hashing", progress))
+    items += [
+        Item(str(path), class_of(path) or "", excluded=excluded[str(path)])
+        for path in files
+        if str(path) in excluded
+    ]
+    items += [_problem_item(problem) for problem in tree.problems]
+    in_classes = set(files)
+    items += [
+        Item(str(path), ".", rejected="not_in_class: a file outside the class folders")
+        for path in tree.files
+        if path not in in_classes
+    ]
+    items.sort(key=lambda item: item.path)  # the pool returns them in any order
+    return items
+
+
+def _assign(
+    good: list[Item],
+    plan: Plan,
+    settings: dict[str, Any],
+    previous: dict[str, tuple[str, str]],
+    reasons: dict[int, str],
+) -> None:
+    assign_splits(
+        good,
+        plan,
+        seed=settings["seed"],
+        previous=previous,
+        min_per_split=settings["min_per_split"],
+        join_reasons=reasons,
     )
 
 
-def _check_same_layout(out: Path, record: dict[str, Any], plan: Plan) -> None:
-    """Re-running into an earlier split's output adds images to it; it may not switch between
-    train/val/test and k folds, or change the number of folds."""
-    before = record.get("settings", {}).get("kfold")
-    if before != plan.folds:
-        layout = {None: "train/val/test"}
-        raise ParameterError(
-            f"{out} holds a {layout.get(before, f'{before}-fold')} split; this one would be "
-            f"{layout.get(plan.folds, f'{plan.folds}-fold')}: use a new output folder"
-        )
+def _removal_reasons(
+    removed: list[str], items: list[Item], manifest: dict[str, tuple[str, str]]
+) -> dict[str, str]:
+    """Why each file removed from OUT had to go (its path there starts with the split)."""
+    by_path = {item.path: item for item in items}
+    reasons = {}
+    for relative in removed:
+        parts = relative.split("/")
+        path = "/".join(parts[2:] if parts[0].startswith("fold_") else parts[1:])
+        item = by_path.get(path)
+        if item is None:
+            why = "its input was deleted" if path in manifest else "not part of this split"
+        elif item.excluded:
+            why = f"excluded: {item.excluded}"
+        elif item.rejected:
+            why = f"its input is now rejected: {item.rejected}"
+        else:
+            why = f"moved to {item.split}"
+        reasons[relative] = why
+    return reasons
+
+
+def _problem_item(problem: TreeProblem) -> Item:
+    return Item(
+        problem.path,
+        class_of(Path(problem.path)) or problem.path.split("/")[0],
+        rejected=f"{problem.kind}: {problem.reason}",
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
 import shutil
 import time
@@ -18,9 +20,9 @@ from cvprep.dataset.results import (
     tracked,
     write_report,
 )
-from cvprep.errors import ImageError
-from cvprep.files import EmptyTreeError, check_separate, list_tree
-from cvprep.io import DEFAULT_MAX_PIXELS, read_image
+from cvprep.errors import ImageError, filesystem_errors
+from cvprep.files import EmptyTreeError, check_separate, list_tree, require_folder
+from cvprep.io import DEFAULT_MAX_PIXELS, check_max_pixels, read_image
 
 
 def verify_one(task: ReadTask, data: bytes | None = None) -> FileResult:
@@ -39,7 +41,9 @@ class VerifyResult:
     source: Path
     results: list[FileResult]
     summary: Summary
-    quarantined: list[Path] = field(default_factory=list)
+    quarantined: list[Path] = field(default_factory=list)  # where each moved file is now
+    renamed: dict[str, str] = field(default_factory=dict)  # input → its new, free name
+    not_moved: dict[str, str] = field(default_factory=dict)  # input → why it stayed
 
     @property
     def rejected(self) -> list[FileResult]:
@@ -50,9 +54,15 @@ class VerifyResult:
         return not self.rejected
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.summary.to_dict(), "quarantined": [str(p) for p in self.quarantined]}
+        return {
+            **self.summary.to_dict(),
+            "quarantined": [str(p) for p in self.quarantined],
+            "renamed": self.renamed,
+            "not_moved": self.not_moved,
+        }
 
 
+@filesystem_errors
 def verify(
     source: str | os.PathLike[str],
     *,
@@ -78,7 +88,9 @@ def verify(
     report : path, optional
         Write a CSV with every file's status and reason.
     quarantine : path, optional
-        Move rejected files here, keeping their relative paths.
+        Move rejected files here, keeping their relative paths. A file never replaces
+        another: a name already taken gets a number (``broken (1).jpg``), reported in
+        ``renamed``; a file that cannot be moved stays, reported in ``not_moved``.
     workers : int, optional
         Worker processes (default: all cores; 0 runs in this process).
     engine : {"local", "ray"}
@@ -94,6 +106,8 @@ def verify(
     ------
     EmptyTreeError
         When ``source`` holds no files.
+    FileSystemError
+        When the report or the quarantine cannot be written (read-only, full disk, ...).
 
     Examples
     --------
@@ -106,7 +120,8 @@ def verify(
     >>> [(r.path, r.kind) for r in result.rejected]
     [('round/broken.jpg', 'not_image')]
     """
-    root = Path(source)
+    root = require_folder(source)
+    check_max_pixels(max_pixels)
     if quarantine is not None:
         check_separate(root, Path(quarantine))
     tree = list_tree(root)
@@ -125,19 +140,63 @@ def verify(
     results.sort(key=lambda r: r.path)
     if report is not None:
         write_report(Path(report), results)
-    moved = []
+    verified = VerifyResult(root, results, summary)
     if quarantine is not None:
-        movable = [r for r in results if r.status == "rejected" and r.kind != "symlink_loop"]
-        moved = move_files(root, Path(quarantine), [r.path for r in movable])
-    return VerifyResult(root, results, summary, moved)
+        files = [r.path for r in results if r.status == "rejected" and not r.folder]
+        _quarantine(root, Path(quarantine), files, verified)
+    return verified
 
 
-def move_files(root: Path, destination: Path, relatives: list[str]) -> list[Path]:
-    """Move files from ``root`` to ``destination``, keeping their relative paths."""
-    moved = []
+def _quarantine(root: Path, destination: Path, relatives: list[str], result: VerifyResult) -> None:
+    """Move each file to ``destination`` under a free name; one that cannot be moved stays
+    where it is and is reported, the others are still moved."""
     for relative in relatives:
-        target = destination / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(root / relative, target)  # a rename when on the same file system
-        moved.append(target)
-    return moved
+        try:
+            moved = move_to_free_name(root / relative, destination / relative)
+        except OSError as exc:
+            result.not_moved[relative] = exc.strerror or str(exc)
+            continue
+        result.quarantined.append(moved)
+        if moved != destination / relative:
+            result.renamed[relative] = str(moved.relative_to(destination))
+
+
+def free_name(target: Path, attempt: int) -> Path:
+    """``target`` itself, then ``name (1).ext``, ``name (2).ext``, ..."""
+    return target if attempt == 0 else target.with_name(f"{target.stem} ({attempt}){target.suffix}")
+
+
+def move_to_free_name(source: Path, target: Path) -> Path:
+    """Move ``source`` to ``target``, or to the first free numbered name beside it: an
+    existing file is never replaced (a rename would silently overwrite it). Returns where
+    the file is now."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count():
+        candidate = free_name(target, attempt)
+        try:
+            _move_exclusive(source, candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def _move_exclusive(source: Path, target: Path) -> None:
+    # A hard link is created only if the name is free (atomically); across file systems the
+    # bytes go to a temporary file that is then linked under the name the same way.
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        _copy_exclusive(source, target)
+    source.unlink()
+
+
+def _copy_exclusive(source: Path, target: Path) -> None:
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+    shutil.copy2(source, temporary, follow_symlinks=False)
+    try:
+        os.link(temporary, target)
+    finally:
+        temporary.unlink()
