@@ -7,6 +7,7 @@ be followed forever: it is reported as a problem instead, like an unreadable fol
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,30 @@ def require_folder(path: str | os.PathLike[str], name: str = "source") -> Path:
             f"`{name}` should be an existing folder. Received: {name}={os.fspath(path)!r} ({what})"
         )
     return folder
+
+
+def check_can_write(path: str | os.PathLike[str]) -> None:
+    """Fail before the work, not after it, when ``path`` (a file or folder to be written)
+    cannot be created: its nearest existing ancestor is a file, or is not writable (a
+    read-only disk, missing permissions). Raises ``OSError`` naming the ancestor, which the
+    job turns into one ``FileSystemError``."""
+    ancestor = Path(os.path.abspath(path))
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == Path(os.path.abspath(path)) and ancestor.is_file():
+        ancestor = ancestor.parent  # an existing file to be replaced: its folder counts
+    if not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(ancestor))
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(ancestor) else errno.EACCES
+        raise OSError(code, os.strerror(code), str(ancestor))
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def check_separate(source: Path, destination: Path) -> None:

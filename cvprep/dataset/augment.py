@@ -32,7 +32,14 @@ from cvprep.dataset.output import (
 )
 from cvprep.dataset.results import FileResult, Progress, SummarisedResult, Summary, tracked
 from cvprep.errors import ImageError, ParameterError, filesystem_errors
-from cvprep.files import EmptyTreeError, check_separate, class_of, list_tree, require_folder
+from cvprep.files import (
+    EmptyTreeError,
+    check_can_write,
+    check_separate,
+    class_of,
+    list_tree,
+    require_folder,
+)
 from cvprep.io import atomic_write_bytes, copy_atomic, encode_image, read_image, writable_name
 from cvprep.params import DEFAULT_SEED
 
@@ -321,6 +328,7 @@ def augment(
     params.check_bool("overwrite", overwrite)
     transform = load_transform(preset)
     check_separate(root, out)
+    check_can_write(out)
     train, others = training_root(root)
     tree = list_tree(train)
     grouped: dict[str, list[str]] = {}

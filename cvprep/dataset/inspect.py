@@ -36,7 +36,7 @@ from cvprep.dataset.engines import Engine, make_engine
 from cvprep.dataset.quality import ImageStats, measure, thumbnail_distance
 from cvprep.dataset.results import Progress, ReadTask, tracked
 from cvprep.errors import ImageError, ParameterError, filesystem_errors
-from cvprep.files import EmptyTreeError, class_of, list_tree, require_folder
+from cvprep.files import EmptyTreeError, check_can_write, class_of, list_tree, require_folder
 from cvprep.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, check_max_pixels, read_image
 
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "label_conflict")
@@ -226,6 +226,9 @@ def inspect(
         raise ParameterError(
             f"`thresholds` has unknown issue(s) {', '.join(unknown)}; known: {', '.join(RULES)}"
         )
+    for target in (report, html):
+        if target is not None:
+            check_can_write(target)
     tree = list_tree(root)
     if not tree.files and not tree.problems:
         raise EmptyTreeError(root)

@@ -30,7 +30,13 @@ from cvprep.dataset.results import (
     write_report,
 )
 from cvprep.errors import ImageError, filesystem_errors
-from cvprep.files import EmptyTreeError, check_separate, list_tree, require_folder
+from cvprep.files import (
+    EmptyTreeError,
+    check_can_write,
+    check_separate,
+    list_tree,
+    require_folder,
+)
 from cvprep.io import (
     DEFAULT_MAX_PIXELS,
     REDUCE_FACTORS,
@@ -209,6 +215,7 @@ def preprocess(
     settings = _settings(pipeline, fmt, quality, fast_decode, max_pixels)
     params.check_bool("overwrite", overwrite)
     check_separate(root, out)
+    check_can_write(out)
     tree = list_tree(root)
     if not tree.files and not tree.problems:
         raise EmptyTreeError(root)

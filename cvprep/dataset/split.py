@@ -55,6 +55,7 @@ from cvprep.errors import ImageError, ParameterError, filesystem_errors
 from cvprep.files import (
     EmptyTreeError,
     TreeProblem,
+    check_can_write,
     check_separate,
     class_of,
     list_tree,
@@ -680,6 +681,8 @@ def split(
     params.check_bool("dry_run", dry_run)
     excluded = read_exclusions(exclude) if exclude is not None else {}
     check_separate(root, out)
+    if not dry_run:
+        check_can_write(out)
     tree = list_tree(root)
     files = tree.in_classes()
     if not files:

@@ -21,7 +21,13 @@ from cvprep.dataset.results import (
     write_report,
 )
 from cvprep.errors import ImageError, filesystem_errors
-from cvprep.files import EmptyTreeError, check_separate, list_tree, require_folder
+from cvprep.files import (
+    EmptyTreeError,
+    check_can_write,
+    check_separate,
+    list_tree,
+    require_folder,
+)
 from cvprep.io import DEFAULT_MAX_PIXELS, check_max_pixels, read_image
 
 
@@ -122,6 +128,9 @@ def verify(
     """
     root = require_folder(source)
     check_max_pixels(max_pixels)
+    for target in (report, quarantine):
+        if target is not None:
+            check_can_write(target)
     if quarantine is not None:
         check_separate(root, Path(quarantine))
     tree = list_tree(root)
