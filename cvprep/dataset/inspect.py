@@ -24,6 +24,7 @@ import io
 import os
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,8 +221,10 @@ def inspect(
     started = time.perf_counter()
     root = require_folder(source)
     check_max_pixels(max_pixels)
+    if thresholds is not None and not isinstance(thresholds, Mapping):
+        raise params.fail("thresholds", "a dict of issue names to numbers", thresholds)
     limits_override = dict(thresholds or {})
-    unknown = sorted(set(limits_override) - set(RULES))
+    unknown = [repr(name) for name in limits_override if name not in RULES]
     if unknown:
         raise ParameterError(
             f"`thresholds` has unknown issue(s) {', '.join(unknown)}; known: {', '.join(RULES)}"

@@ -228,8 +228,8 @@ def class_targets(
     if min_per_split:
         if count < min_per_split * len(active):
             raise ParameterError(
-                f"class {cls!r} has {count} images, fewer than min_per_split "
-                f"{min_per_split} × {len(active)} splits"
+                f"class {cls!r} has {count} images, fewer than `min_per_split`={min_per_split} "
+                f"× {len(active)} splits"
             )
         for name in active:
             while targets[name] < min_per_split:
