@@ -36,9 +36,11 @@ ARTEFACT_NAMES = frozenset(
 class EmptyTreeError(CvprepError):
     """A folder that holds no candidate files (every tree command refuses it)."""
 
-    def __init__(self, folder: str | os.PathLike[str], what: str = "no image files") -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], what: str = "no image files", hint: str = ""
+    ) -> None:
         self.folder = os.fspath(folder)
-        super().__init__(f"{self.folder}: {what} found")
+        super().__init__(f"{self.folder}: {what} found" + (f"; {hint}" if hint else ""))
 
 
 @dataclass(frozen=True)

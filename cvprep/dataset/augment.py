@@ -1,7 +1,8 @@
 """``augment``: offline augmentation with albumentations, and oversampling of small classes.
 
-Only the training images are augmented; validation and test images are linked or copied
-unchanged, so evaluation never sees synthetic data. The presets mean the same transforms as
+Only the training images are augmented; validation and test images (the ``val/`` and
+``test/`` of a split source) are linked or copied unchanged, so evaluation never sees
+synthetic data. The presets mean the same transforms as
 ``cvprep train --augment`` (see :mod:`cvprep.augmentation`).
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 from cvprep import params
 from cvprep.augmentation import PRESETS, get_preset, to_albumentations
 from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.labels import LabelSpec
 from cvprep.dataset.output import (
     check_record,
     has_content,
@@ -31,20 +33,24 @@ from cvprep.dataset.output import (
     write_record,
 )
 from cvprep.dataset.results import FileResult, Progress, SummarisedResult, Summary, tracked
-from cvprep.errors import ImageError, ParameterError, filesystem_errors
-from cvprep.files import (
-    EmptyTreeError,
-    check_can_write,
-    check_separate,
-    class_of,
-    list_tree,
-    require_folder,
+from cvprep.dataset.sources import (
+    ReadFailure,
+    Source,
+    SourceFile,
+    fetch,
+    is_placed,
+    mapped,
+    open_source,
+    place,
 )
-from cvprep.io import atomic_write_bytes, copy_atomic, encode_image, read_image, writable_name
+from cvprep.errors import ImageError, ParameterError, filesystem_errors
+from cvprep.files import EmptyTreeError, check_can_write, check_separate
+from cvprep.io import atomic_write_bytes, encode_image, read_image, writable_name
 from cvprep.params import DEFAULT_SEED
 
 COMMAND = "augment"
 MAX_PER_IMAGE = 1000
+PASSED_THROUGH = ("val", "test")
 OUTSIDE_CLASSES = "a file outside the class folders (its class is unknown)"
 Numbered = tuple[tuple[int, str], ...]  # (copy number, output name) of an image's copies
 
@@ -97,17 +103,12 @@ def derived_seed(seed: int, *parts: object) -> int:
 
 @dataclass(frozen=True)
 class AugmentTask:
-    source_root: str
+    file: SourceFile
     output_root: str
-    relative: str
     copies: Numbered  # (copy number, output name relative to the root)
     transform: str  # albumentations serialised dict (JSON), portable to worker processes
     seed: int
     quality: int | None
-
-    @property
-    def source(self) -> str:
-        return os.path.join(self.source_root, self.relative)
 
 
 @functools.lru_cache(maxsize=8)
@@ -118,30 +119,33 @@ def _transform(serialised: str) -> Any:
     return A.from_dict(json.loads(serialised))
 
 
-def augment_one(task: AugmentTask, data: bytes | None = None) -> FileResult:
+def augment_one(task: AugmentTask, data: bytes | ReadFailure | None = None) -> FileResult:
     """Copy one training image to the output with its augmented copies, or reject it (and
     remove what an earlier run wrote for it). Outputs carry the input's modification time:
     those of an input changed since are made again."""
-    source, root = Path(task.source), Path(task.output_root)
-    outputs = [root / task.relative, *(root / name for _, name in task.copies)]
-    stamp = source.stat().st_mtime_ns
+    file, root = task.file, Path(task.output_root)
+    original = root / file.output
+    outputs = [original, *(root / name for _, name in task.copies)]
     try:
-        image = read_image(data if data is not None else source)
-        todo = [(n, root / name) for n, name in task.copies if _stamp(root / name) != stamp]
+        raw = fetch(file, data)
+        image = read_image(raw)
+        todo = [(n, root / name) for n, name in task.copies if _stamp(root / name) != file.stamp]
         augmented = [(target, _augmented(task, image, number)) for number, target in todo]
     except ImageError as exc:
         _remove(outputs)
-        return FileResult(task.relative, "rejected", exc.kind, exc.reason)
+        return FileResult.of(file, "rejected", kind=exc.kind, reason=exc.reason)
     except Exception as exc:  # a saved pipeline can fail on one image (a crop too large)
         _remove(outputs)
         reason = f"augmentation failed: {type(exc).__name__}: {exc}"
-        return FileResult(task.relative, "rejected", "unprocessable", reason)
-    placed = mirror_file(source, root / task.relative)
+        return FileResult.of(file, "rejected", kind="unprocessable", reason=reason)
+    placed = not is_placed(file, original)
+    if placed:
+        place(file, original, link=True, data=raw)
     for target, pixels in augmented:
         atomic_write_bytes(target, encode_image(pixels, target.suffix, quality=task.quality))
-        os.utime(target, ns=(stamp, stamp))
-    return FileResult(
-        task.relative,
+        os.utime(target, ns=(file.stamp, file.stamp))
+    return FileResult.of(
+        file,
         "ok" if augmented or placed else "skipped",
         width=image.shape[1],
         height=image.shape[0],
@@ -150,7 +154,8 @@ def augment_one(task: AugmentTask, data: bytes | None = None) -> FileResult:
 
 def _augmented(task: AugmentTask, image: np.ndarray, number: int) -> np.ndarray:
     transform = _transform(task.transform)
-    transform.set_random_seed(derived_seed(task.seed, task.relative, number))
+    # Seeded by the path inside the split (class/name): the same copies whatever the source.
+    transform.set_random_seed(derived_seed(task.seed, task.file.relative, number))
     result = transform(image=image)["image"]
     if not (isinstance(result, np.ndarray) and result.dtype == np.uint8):
         raise ValueError(f"the pipeline output {getattr(result, 'dtype', type(result))}, not uint8")
@@ -167,32 +172,6 @@ def _stamp(path: Path) -> int | None:
 def _remove(paths: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
-
-
-def mirror_file(source: Path, target: Path) -> bool:
-    """Make ``target`` a hard link to ``source`` (a copy across file systems) unless it
-    already is one, or a copy with the same size and modification time. Replaces an outdated
-    ``target`` atomically; returns whether it wrote anything."""
-    try:
-        there = target.stat()
-    except FileNotFoundError:
-        there = None
-    here = source.stat()
-    if there is not None and (
-        (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
-        or (there.st_size, there.st_mtime_ns) == (here.st_size, here.st_mtime_ns)
-    ):
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-        os.replace(temporary, target)
-    except OSError:
-        temporary.unlink(missing_ok=True)
-        copy_atomic(source, target)
-    return True
 
 
 def augmented_names(
@@ -240,18 +219,6 @@ def plan_copies(
     return {name: tuple(numbers) for name, numbers in copies.items()}
 
 
-def training_root(root: Path) -> tuple[Path, list[Path]]:
-    """The folder to augment and the sibling split folders to pass through unchanged."""
-    if (root / "train").is_dir():
-        others = [
-            p
-            for p in sorted(root.iterdir())
-            if p.is_dir() and p.name != "train" and not p.name.startswith(".")
-        ]
-        return root / "train", others
-    return root, []
-
-
 @dataclass
 class AugmentResult(SummarisedResult):
     """Originals and augmented copies per class, the folders passed through, the rejects."""
@@ -276,9 +243,11 @@ class AugmentResult(SummarisedResult):
 
 @filesystem_errors
 def augment(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Source,
     output: str | os.PathLike[str],
     *,
+    labels: str | os.PathLike[str] | LabelSpec | None = None,
+    images: str | os.PathLike[str] | None = None,
     preset: str | os.PathLike[str] = "medium",
     per_image: int = 1,
     balance: bool = False,
@@ -294,8 +263,10 @@ def augment(
     images.
 
     ``source`` is a split folder (``train/`` augmented; ``val/`` and ``test/`` passed through
-    unchanged) or a folder of class subfolders (all augmented). Deterministic for a seed,
-    whatever the number of workers. A training image that cannot be read or augmented is
+    unchanged), a folder of class subfolders (all augmented), or any other source of
+    :mod:`cvprep.dataset.sources` (``labels``, ``images``: as for
+    :func:`cvprep.dataset.verify`). Deterministic for a seed, whatever the number of
+    workers or the kind of source. A training image that cannot be read or augmented is
     rejected (listed, and not copied); the counts are of what ``output`` holds. Running it
     again finishes an interrupted run, redoes the images changed since and removes the
     outputs of deleted ones (``removed``).
@@ -320,7 +291,8 @@ def augment(
     >>> result.per_class["round"]
     {'originals': 4, 'augmented': 8}
     """
-    root, out = require_folder(source), Path(output)
+    data = open_source(source, labels=labels, images=images)
+    root, out = data.location, Path(output)
     per_image = params.check_int("per_image", per_image, minimum=0, maximum=MAX_PER_IMAGE)
     params.check_bool("balance", balance)
     params.check_seed(seed)
@@ -329,13 +301,9 @@ def augment(
     transform = load_transform(preset)
     check_separate(root, out)
     check_can_write(out)
-    train, others = training_root(root)
-    tree = list_tree(train)
-    grouped: dict[str, list[str]] = {}
-    for relative in tree.in_classes():
-        grouped.setdefault(class_of(relative) or "", []).append(str(relative))
-    if not grouped:
-        raise EmptyTreeError(train, "no image files in class subfolders")
+    training = [f for f in data.files if f.cls and f.split not in PASSED_THROUGH]
+    if not training:
+        raise EmptyTreeError(root, "no image files in class subfolders")
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
     from albumentations import to_dict
 
@@ -347,73 +315,111 @@ def augment(
         "seed": seed,
         "quality": quality,
         "transform": json.loads(serialised),
+        **data.settings(),
     }
-    train_out = out / train.relative_to(root)
-    copies = plan_copies(grouped, per_image=per_image, balance=balance, seed=seed)
-    names = augmented_names([f for files in grouped.values() for f in files], copies)
+    tasks = _tasks(training, out, per_image, balance, seed, serialised, quality)
+    passed = [f for f in data.files if f.split in PASSED_THROUGH]
     with output_lock(out, COMMAND):
         owned = read_record(out).get("command") == COMMAND or not has_content(out)
         if not overwrite:
             check_record(out, COMMAND, settings)
         write_record(out, COMMAND, settings, status="in progress")
-        wanted = _wanted(out, train_out, names, others)
-        removed = remove_stale(out, wanted) if owned else []
-        for other in others:
-            pass_through(other, out / other.name)
+        removed = remove_stale(out, _wanted(tasks, passed)) if owned else []
+        failed = pass_through(data, passed, out)
         if overwrite:  # copies made with other settings are made again
-            _remove([train_out / name for numbered in names.values() for _, name in numbered])
-        tasks = [
-            AugmentTask(str(train), str(train_out), name, numbered, serialised, seed, quality)
-            for name, numbered in sorted(names.items())
-        ]
-        summary = _run(runner, tasks, progress)
-        for relative in tree.files:
-            if class_of(relative) is None:
-                summary.add(FileResult(str(relative), "rejected", "not_in_class", OUTSIDE_CLASSES))
-        for problem in tree.problems:
-            summary.add(FileResult.from_problem(problem))
-        counts = _counts(summary, names)
+            _remove([out / name for task in tasks for _, name in task.copies])
+        summary = _run(runner, tasks, data, progress)
+        for file in data.files:
+            if not file.cls and file.split not in PASSED_THROUGH:
+                summary.add(
+                    FileResult.of(file, "rejected", kind="not_in_class", reason=OUTSIDE_CLASSES)
+                )
+        for extra in [*failed, *map(FileResult.from_problem, data.problems)]:
+            summary.add(extra)
+        counts = _counts(summary, tasks)
         write_record(out, COMMAND, settings, status="finished", extra={"summary": counts})
-    return AugmentResult(
-        root, out, counts, [p.name for p in others], summary, settings["transform"], removed
-    )
+    through = sorted({file.split for file in passed})
+    return AugmentResult(root, out, counts, through, summary, settings["transform"], removed)
 
 
-def _wanted(out: Path, train_out: Path, names: dict[str, Numbered], others: list[Path]) -> set[str]:
+def _tasks(
+    training: list[SourceFile],
+    out: Path,
+    per_image: int,
+    balance: bool,
+    seed: int,
+    serialised: str,
+    quality: int | None,
+) -> list[AugmentTask]:
+    """One task per training image, with the names of its copies (keyed by the path inside
+    the split, ``class/name``, so that every kind of source gives the same copies)."""
+    grouped: dict[str, list[str]] = {}
+    for file in training:
+        grouped.setdefault(file.cls, []).append(file.relative)
+    copies = plan_copies(grouped, per_image=per_image, balance=balance, seed=seed)
+    names = augmented_names([file.relative for file in training], copies)
+    return [
+        AugmentTask(
+            file,
+            str(out),
+            tuple(
+                (n, (f"{file.split}/" if file.split else "") + name)
+                for n, name in names[file.relative]
+            ),
+            serialised,
+            seed,
+            quality,
+        )
+        for file in sorted(training, key=lambda f: f.relative)
+    ]
+
+
+def _wanted(tasks: list[AugmentTask], passed: list[SourceFile]) -> set[str]:
     """Every file this run puts in OUT, relative to it."""
-    wanted = set()
-    for relative, numbered in names.items():
-        wanted.add((train_out / relative).relative_to(out).as_posix())
-        wanted.update((train_out / name).relative_to(out).as_posix() for _, name in numbered)
-    for other in others:
-        wanted.update(f"{other.name}/{path.as_posix()}" for path in list_tree(other).files)
+    wanted = {file.output for file in passed}
+    for task in tasks:
+        wanted.add(task.file.output)
+        wanted.update(name for _, name in task.copies)
     return wanted
 
 
-def _run(runner: Engine, tasks: list[AugmentTask], progress: Progress | None) -> Summary:
+def _run(
+    runner: Engine, tasks: list[AugmentTask], source: Source, progress: Progress | None
+) -> Summary:
     summary = Summary()
     start = time.perf_counter()
-    for result in tracked(runner.map(augment_one, tasks), len(tasks), "augmenting", progress):
+    mapping = mapped(runner, augment_one, tasks, source)
+    for result in tracked(mapping, len(tasks), "augmenting", progress):
         summary.add(result)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _counts(summary: Summary, names: dict[str, Numbered]) -> dict[str, dict[str, int]]:
+def _counts(summary: Summary, tasks: list[AugmentTask]) -> dict[str, dict[str, int]]:
     """Originals and augmented copies per class, as they are in OUT (rejects not counted)."""
     rejected = {result.path for result in summary.rejected}
     counts: dict[str, dict[str, int]] = {}
-    for relative, numbered in sorted(names.items()):
-        row = counts.setdefault(class_of(Path(relative)) or "", {"originals": 0, "augmented": 0})
-        if relative not in rejected:
+    for task in sorted(tasks, key=lambda t: (t.file.cls, t.file.relative)):
+        row = counts.setdefault(task.file.cls, {"originals": 0, "augmented": 0})
+        if task.file.name not in rejected:
             row["originals"] += 1
-            row["augmented"] += len(numbered)
-    return counts
+            row["augmented"] += len(task.copies)
+    return dict(sorted(counts.items()))
 
 
-def pass_through(source: Path, target: Path) -> int:
-    """Mirror a split folder unchanged (hard links, or atomic copies across file systems);
-    returns the files written."""
-    return sum(
-        mirror_file(source / relative, target / relative) for relative in list_tree(source).files
-    )
+def pass_through(source: Source, files: list[SourceFile], out: Path) -> list[FileResult]:
+    """Mirror the held-out splits unchanged, without decoding them (hard links, or atomic
+    copies across file systems and out of archives); an archive member whose bytes cannot
+    be read is rejected."""
+    stale = [file for file in files if not is_placed(file, out / file.output)]
+    for file in stale:
+        if file.path is not None:
+            place(file, out / file.output, link=True)
+    rejects = []
+    for file, data in source.read_all(f for f in stale if f.path is None):
+        if isinstance(data, ReadFailure):
+            (out / file.output).unlink(missing_ok=True)
+            rejects.append(FileResult.of(file, "rejected", kind=data.kind, reason=data.reason))
+        else:
+            place(file, out / file.output, data=data)
+    return rejects

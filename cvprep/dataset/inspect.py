@@ -34,10 +34,12 @@ import numpy as np
 from cvprep import params
 from cvprep.dataset.duplicates import content_hash, near_duplicate_pairs
 from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.labels import LabelSpec
 from cvprep.dataset.quality import ImageStats, measure, thumbnail_distance
 from cvprep.dataset.results import Progress, ReadTask, tracked
+from cvprep.dataset.sources import ReadFailure, Source, fetch, mapped, open_source
 from cvprep.errors import ImageError, ParameterError, filesystem_errors
-from cvprep.files import EmptyTreeError, check_can_write, class_of, list_tree, require_folder
+from cvprep.files import EmptyTreeError, check_can_write
 from cvprep.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, check_max_pixels, read_image
 
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "label_conflict")
@@ -93,18 +95,15 @@ class FileInfo:
         return (self.modified, -pixels, self.path)
 
 
-def inspect_one(task: ReadTask, data: bytes | None = None) -> FileInfo:
-    info = FileInfo(task.relative, class_of(Path(task.relative)) or "")
+def inspect_one(task: ReadTask, data: bytes | ReadFailure | None = None) -> FileInfo:
+    file = task.file
+    info = FileInfo(file.name, file.cls, modified=file.stamp / 1e9)
     try:
-        info.modified = os.stat(task.source).st_mtime
-        raw = data if data is not None else Path(task.source).read_bytes()
+        raw = fetch(file, data)
         info.sha256 = content_hash(raw)
         image = read_image(raw, max_pixels=task.max_pixels)
     except ImageError as exc:
         info.kind, info.reason = exc.kind, exc.reason
-        return info
-    except OSError as exc:
-        info.kind, info.reason = "unreadable", f"cannot read file ({exc.strerror})"
         return info
     info.stats = measure(image)
     info.phash = info.stats.phash
@@ -170,8 +169,10 @@ class InspectResult:
 
 @filesystem_errors
 def inspect(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Source,
     *,
+    labels: str | os.PathLike[str] | LabelSpec | None = None,
+    images: str | os.PathLike[str] | None = None,
     report: str | os.PathLike[str] | None = None,
     html: str | os.PathLike[str] | None = None,
     thresholds: dict[str, float] | None = None,
@@ -181,7 +182,9 @@ def inspect(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Progress | None = None,
 ) -> InspectResult:
-    """Audit the images under ``source`` (class subfolders, or a flat folder).
+    """Audit the images of ``source`` (class subfolders, a flat folder, or any source of
+    :mod:`cvprep.dataset.sources`, with ``labels`` and ``images`` as for
+    :func:`cvprep.dataset.verify`).
 
     Finds exact and near duplicates, the same picture filed under two classes
     (``label_conflict``), blurry, dark, bright, nearly uniform (``low_information``), strangely
@@ -219,7 +222,7 @@ def inspect(
     round/round_000.png = angular/mislabeled.png
     """
     started = time.perf_counter()
-    root = require_folder(source)
+    data = open_source(source, labels=labels, images=images)
     check_max_pixels(max_pixels)
     if thresholds is not None and not isinstance(thresholds, Mapping):
         raise params.fail("thresholds", "a dict of issue names to numbers", thresholds)
@@ -232,16 +235,14 @@ def inspect(
     for target in (report, html):
         if target is not None:
             check_can_write(target)
-    tree = list_tree(root)
-    if not tree.files and not tree.problems:
-        raise EmptyTreeError(root)
+    if not data.files and not data.problems:
+        raise EmptyTreeError(data.location)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    tasks = [ReadTask(str(root), str(path), max_pixels) for path in tree.files]
-    infos = list(tracked(runner.map(inspect_one, tasks), len(tasks), "inspecting", progress))
+    tasks = [ReadTask(file, max_pixels) for file in data.files]
+    mapping = mapped(runner, inspect_one, tasks, data)
+    infos = list(tracked(mapping, len(tasks), "inspecting", progress))
     infos.sort(key=lambda info: info.path)
-    findings = [
-        Finding(p.path, class_of(Path(p.path)) or "", p.kind, 1.0, p.reason) for p in tree.problems
-    ]
+    findings = [Finding(p.name, p.cls, p.kind, 1.0, p.reason) for p in data.problems]
     findings += [Finding(i.path, i.cls, i.kind, 1.0, i.reason) for i in infos if i.kind]
     readable = [info for info in infos if info.stats is not None]
     limits, typical = _limits([info.stats for info in readable], limits_override)
@@ -249,13 +250,19 @@ def inspect(
         findings.extend(_quality_findings(info, limits, typical))
     findings.extend(_duplicate_findings(readable, int(limits["near_duplicate"])))
     findings.sort(key=lambda f: (f.path, f.issue))
-    result = InspectResult(root, len(tree.files), findings, limits, typical)
+    result = InspectResult(data.location, len(data.files), findings, limits, typical)
     if report is not None:
         write_findings(Path(report), result)
     if html is not None:
-        from cvprep.dataset.inspect_report import write_html
+        from cvprep.dataset.inspect_report import shown, write_html
 
-        write_html(Path(html), result)
+        wanted = shown(result)
+        pictures = {
+            file.name: raw
+            for file, raw in data.read_all(f for f in data.files if f.name in wanted)
+            if isinstance(raw, bytes)
+        }
+        write_html(Path(html), result, pictures)
     result.seconds = time.perf_counter() - started
     return result
 

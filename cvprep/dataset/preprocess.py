@@ -1,4 +1,5 @@
-"""``preprocess``: apply a pipeline to every image of a tree, writing the same tree elsewhere."""
+"""``preprocess``: apply a pipeline to every image of a source, writing the same tree elsewhere
+(a folder's own tree; ``[split/]<class>/<file name>`` for other sources)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import cv2
 
 from cvprep import params
 from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.labels import LabelSpec
 from cvprep.dataset.output import (
     SettingsMismatchError,
     check_record,
@@ -29,14 +31,9 @@ from cvprep.dataset.results import (
     tracked,
     write_report,
 )
+from cvprep.dataset.sources import ReadFailure, Source, SourceFile, fetch, mapped, open_source
 from cvprep.errors import ImageError, filesystem_errors
-from cvprep.files import (
-    EmptyTreeError,
-    check_can_write,
-    check_separate,
-    list_tree,
-    require_folder,
-)
+from cvprep.files import EmptyTreeError, check_can_write, check_separate
 from cvprep.io import (
     DEFAULT_MAX_PIXELS,
     REDUCE_FACTORS,
@@ -56,52 +53,40 @@ REJECTS_FILE = "rejected.csv"
 
 @dataclass(frozen=True)
 class PreprocessTask:
-    source_root: str
+    file: SourceFile
     output_root: str
-    relative: str
     output_relative: str
     spec_json: str
     quality: int | None
     reduce: int
     max_pixels: int | None
 
-    @property
-    def source(self) -> str:
-        return os.path.join(self.source_root, self.relative)
 
-
-def preprocess_one(task: PreprocessTask, data: bytes | None = None) -> FileResult:
+def preprocess_one(task: PreprocessTask, data: bytes | ReadFailure | None = None) -> FileResult:
     """Decode, process, encode and atomically write one file (``data``: already-read bytes).
 
     An output is up to date when its modification time is its input's (set when it is
-    written): an input changed since is processed again."""
-    target = os.path.join(task.output_root, task.output_relative)
-    source_mtime = _mtime_ns(task.source)
-    if source_mtime is not None and _mtime_ns(target) == source_mtime:
-        return FileResult(task.relative, "skipped", output=task.output_relative)
+    written; an archive member's stamp, see :mod:`cvprep.dataset.containers`): an input
+    changed since is processed again."""
+    file, target = task.file, os.path.join(task.output_root, task.output_relative)
+    if file.stamp and _mtime_ns(target) == file.stamp:
+        return FileResult.of(file, "skipped", output=task.output_relative)
     try:
-        image = read_image(
-            data if data is not None else task.source,
-            reduce=task.reduce,
-            max_pixels=task.max_pixels,
-        )
+        image = read_image(fetch(file, data), reduce=task.reduce, max_pixels=task.max_pixels)
     except ImageError as exc:
         Path(target).unlink(missing_ok=True)  # the output of what the input used to be
-        return FileResult(task.relative, "rejected", exc.kind, exc.reason)
+        return FileResult.of(file, "rejected", kind=exc.kind, reason=exc.reason)
     try:
         result = pipeline_from_json(task.spec_json).apply(image)
         encoded = encode_image(to_uint8(result), os.path.splitext(target)[1], quality=task.quality)
     except (ValueError, cv2.error) as exc:
-        return FileResult(task.relative, "rejected", "unprocessable", f"pipeline failed: {exc}")
+        reason = f"pipeline failed: {exc}"
+        return FileResult.of(file, "rejected", kind="unprocessable", reason=reason)
     atomic_write_bytes(Path(target), encoded)
-    if source_mtime is not None:
-        os.utime(target, ns=(source_mtime, source_mtime))
-    return FileResult(
-        task.relative,
-        "ok",
-        width=image.shape[1],
-        height=image.shape[0],
-        output=task.output_relative,
+    if file.stamp:
+        os.utime(target, ns=(file.stamp, file.stamp))
+    return FileResult.of(
+        file, "ok", width=image.shape[1], height=image.shape[0], output=task.output_relative
     )
 
 
@@ -140,10 +125,12 @@ class PreprocessResult(SummarisedResult):
 
 @filesystem_errors
 def preprocess(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Source,
     output: str | os.PathLike[str],
     ops: str | Pipeline,
     *,
+    labels: str | os.PathLike[str] | LabelSpec | None = None,
+    images: str | os.PathLike[str] | None = None,
     fmt: str | None = None,
     quality: int | None = None,
     fast_decode: int = 1,
@@ -154,8 +141,10 @@ def preprocess(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Progress | None = None,
 ) -> PreprocessResult:
-    """Apply the pipeline ``ops`` to every image under ``source``, writing the same tree under
-    ``output``.
+    """Apply the pipeline ``ops`` to every image of ``source``, writing the same tree under
+    ``output``: a folder's own tree, or ``[split/]<class>/<file name>`` for the images of an
+    archive, a flat folder or a label table (``labels``, ``images``: as for
+    :func:`cvprep.dataset.verify`).
 
     Writes are atomic, so an interrupted run leaves no broken file, and running it again with
     the same settings finishes the job: finished files are skipped, inputs changed since are
@@ -168,7 +157,8 @@ def preprocess(
     Parameters
     ----------
     source, output : path
-        Input and output folders (neither inside the other).
+        The source (a folder, an archive, an ``.npz``) and the output folder (neither
+        inside the other).
     ops : str or Pipeline
         The pipeline spec, e.g. ``"resize=150x150:fit=pad,equalize"``.
     fmt : {"jpg", "png", "webp"}, optional
@@ -210,28 +200,28 @@ def preprocess(
     >>> preprocess(photos, tmp / "prepped", "resize=32x32,grayscale", workers=0).summary.total
     {'ok': 0, 'skipped': 6, 'rejected': 0}
     """
-    root, out = require_folder(source), Path(output)
+    data = open_source(source, labels=labels, images=images)
+    root, out = data.location, Path(output)
     pipeline = ops if isinstance(ops, Pipeline) else Pipeline.parse(ops)
-    settings = _settings(pipeline, fmt, quality, fast_decode, max_pixels)
+    settings = {**_settings(pipeline, fmt, quality, fast_decode, max_pixels), **data.settings()}
     params.check_bool("overwrite", overwrite)
     check_separate(root, out)
     check_can_write(out)
-    tree = list_tree(root)
-    if not tree.files and not tree.problems:
+    if not data.files and not data.problems:
         raise EmptyTreeError(root)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
     with output_lock(out, COMMAND):
         owned = _check_output(out, settings, _where(root), overwrite)
         write_record(out, COMMAND, settings, status="in progress", extra=_where(root))
-        tasks, collisions = _plan(tree.files, root, out, pipeline, settings)
+        tasks, collisions = _plan(data.files, out, pipeline, settings)
         wanted = {Path(task.output_relative).as_posix() for task in tasks}
         # Only in a folder that is ours: an --overwrite of a foreign folder keeps its files.
         removed = remove_stale(out, wanted) if owned else []
         if overwrite:
             for task in tasks:
                 (out / task.output_relative).unlink(missing_ok=True)
-        summary = _run(runner, tasks, progress)
-        for extra in [*collisions, *map(FileResult.from_problem, tree.problems)]:
+        summary = _run(runner, tasks, data, progress)
+        for extra in [*collisions, *map(FileResult.from_problem, data.problems)]:
             summary.add(extra)
         write_report(out / REJECTS_FILE, sorted(summary.rejected, key=lambda r: r.path))
         record = write_record(
@@ -265,10 +255,13 @@ def _check_output(
     return owned
 
 
-def _run(runner: Engine, tasks: list[PreprocessTask], progress: Progress | None) -> Summary:
+def _run(
+    runner: Engine, tasks: list[PreprocessTask], source: Source, progress: Progress | None
+) -> Summary:
     summary = Summary()
     start = time.perf_counter()
-    for result in tracked(runner.map(preprocess_one, tasks), len(tasks), "preprocessing", progress):
+    mapping = mapped(runner, preprocess_one, tasks, source)
+    for result in tracked(mapping, len(tasks), "preprocessing", progress):
         summary.add(result)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -293,35 +286,29 @@ def _settings(
 
 
 def _where(root: Path) -> dict[str, str]:
-    # Where the raw images are: training uses it to evaluate its model on raw test images.
+    # Where the raw images are: training uses it to evaluate its model on raw test images
+    # (a folder; for an archive, training scores the preprocessed test images instead).
     return {"source": str(root.resolve())}
 
 
 def _plan(
-    files: list[Path], root: Path, out: Path, pipeline: Pipeline, settings: dict[str, Any]
+    files: list[SourceFile], out: Path, pipeline: Pipeline, settings: dict[str, Any]
 ) -> tuple[list[PreprocessTask], list[FileResult]]:
     """The work; two inputs that would write the same output are a reject, not a loss."""
     spec_json = pipeline.to_json()
     tasks, collisions, claimed = [], [], {}
-    for relative in files:
-        target = output_name(relative, settings["format"])
+    for file in files:
+        target = output_name(Path(file.output), settings["format"])
         key = str(target).lower()  # case-insensitive file systems would collide too
         if key in claimed:
-            collisions.append(
-                FileResult(
-                    str(relative),
-                    "rejected",
-                    "name_collision",
-                    f"output {target} is already produced from {claimed[key]}",
-                )
-            )
+            reason = f"output {target} is already produced from {claimed[key]}"
+            collisions.append(FileResult.of(file, "rejected", kind="name_collision", reason=reason))
             continue
-        claimed[key] = str(relative)
+        claimed[key] = file.name
         tasks.append(
             PreprocessTask(
-                str(root),
+                file,
                 str(out),
-                str(relative),
                 str(target),
                 spec_json,
                 settings["quality"],

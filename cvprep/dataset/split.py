@@ -42,6 +42,7 @@ from cvprep.dataset.duplicates import (
     perceptual_hash,
 )
 from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.labels import LabelSpec
 from cvprep.dataset.output import (
     SettingsMismatchError,
     has_content,
@@ -51,24 +52,27 @@ from cvprep.dataset.output import (
     write_record,
 )
 from cvprep.dataset.results import Progress, tracked
-from cvprep.errors import ImageError, ParameterError, filesystem_errors
-from cvprep.files import (
-    EmptyTreeError,
-    TreeProblem,
-    check_can_write,
-    check_separate,
-    class_of,
-    list_tree,
-    require_folder,
+from cvprep.dataset.sources import (
+    Problem,
+    ReadFailure,
+    Source,
+    SourceFile,
+    fetch,
+    mapped,
+    open_source,
+    place,
 )
-from cvprep.io import atomic_write_bytes, copy_atomic, read_image
+from cvprep.errors import CvprepError, ImageError, ParameterError, filesystem_errors
+from cvprep.files import EmptyTreeError, check_can_write, check_separate
+from cvprep.io import atomic_write_bytes, read_image
 from cvprep.params import DEFAULT_SEED
 
 COMMAND = "split"
 SPLIT_NAMES = ("train", "val", "test")
 MODES = ("copy", "hardlink", "symlink")
 MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ["path", "class", "split", "sha256", "phash", "group", "reason"]
+MANIFEST_COLUMNS = ["path", "class", "split", "sha256", "phash", "group", "reason", "file"]
+HELD_OUT = ("val", "test")  # splits a source may already have that a split keeps
 MAX_FOLDS = 100
 MAX_NEAR_THRESHOLD = 11
 # Settings that decide where files go: a re-run into an OUT made with others is refused
@@ -82,13 +86,18 @@ BINDING_SETTINGS = {
     "group": None,
     "near_threshold": 6,
     "min_per_split": 0,
+    "labels": None,
+    "images": None,
 }
 
 
 @dataclass
 class Item:
-    path: str  # relative to the input folder, "class/.../name"
+    path: str  # its name in the source ("class/.../name" in a folder)
     cls: str
+    relative: str = ""  # its path inside a split folder of OUT
+    given: str = ""  # the split the source puts it in ("" when none)
+    file: SourceFile | None = None
     sha256: str = ""
     phash: int = 0
     rejected: str = ""  # reason, when the file does not decode
@@ -134,9 +143,33 @@ class Plan:
 
     def destinations(self, split: str) -> list[str]:
         """The folders under OUT a file of ``split`` is written to."""
-        if self.folds is None:
+        if self.folds is None or split not in self.names:  # a split the source holds out
             return [split]
         return [f"{name}/{'val' if name == split else 'train'}" for name in self.names]
+
+    def without(self, held: set[str]) -> Plan:
+        """The plan for the files a source does not hold out, when it already holds ``held``
+        (val and/or test): those splits are kept as they are, the rest is divided among the
+        other splits, the ratios rescaled (fixed counts of held splits dropped)."""
+        if not held or self.folds is not None:
+            if self.folds is not None and "val" in held:
+                raise ParameterError(
+                    "`kfold`: the source already has a val/ split; k folds are made from "
+                    "the images of a source without one (a test/ split is kept as it is)"
+                )
+            return self
+        if self.fixed is not None:
+            fixed = {name: n for name, n in self.fixed.items() if name not in held}
+            return Plan(("train", *fixed), fixed=fixed)
+        assert self.ratios is not None
+        kept = {name: share for name, share in self.ratios.items() if name not in held}
+        total = sum(kept.values())
+        return Plan(tuple(kept), ratios={name: share / total for name, share in kept.items()})
+
+    def output_names(self, held: set[str]) -> tuple[str, ...]:
+        """Every split folder of OUT: the plan's and those the source holds out."""
+        extra = tuple(name for name in HELD_OUT if name in held and name not in self.names)
+        return self.names + extra
 
     def settings(self) -> dict[str, Any]:
         return {"ratios": self.ratios, "fixed": self.fixed, "kfold": self.folds}
@@ -242,27 +275,23 @@ def class_targets(
 # --------------------------------------------------------------------------- hashing
 @dataclass(frozen=True)
 class HashTask:
-    root: str
-    relative: str
-
-    @property
-    def source(self) -> str:
-        return os.path.join(self.root, self.relative)
+    file: SourceFile
 
 
-def hash_one(task: HashTask, data: bytes | None = None) -> Item:
-    item = Item(task.relative, class_of(Path(task.relative)) or "")
+def hash_one(task: HashTask, data: bytes | ReadFailure | None = None) -> Item:
+    item = _item(task.file)
     try:
-        if data is None:
-            data = Path(task.source).read_bytes()
-        item.sha256 = content_hash(data)
+        raw = fetch(task.file, data)
+        item.sha256 = content_hash(raw)
         # Half-size decoding is plenty for a 32×32 perceptual hash and much faster.
-        item.phash = perceptual_hash(read_image(data, reduce=2))
+        item.phash = perceptual_hash(read_image(raw, reduce=2))
     except ImageError as exc:
         item.rejected = f"{exc.kind}: {exc.reason}"
-    except OSError as exc:
-        item.rejected = f"unreadable: cannot read file ({exc.strerror})"
     return item
+
+
+def _item(file: SourceFile, **details: Any) -> Item:
+    return Item(file.name, file.cls, file.relative, file.split, file, **details)
 
 
 # --------------------------------------------------------------------------- grouping
@@ -293,7 +322,7 @@ def group_items(
         pattern = re.compile(group_regex)
         by_key: dict[str, int] = {}
         for index, item in enumerate(items):
-            match = pattern.search(Path(item.path).name)
+            match = pattern.search(Path(item.relative or item.path).name)
             if not match:
                 continue
             key = match.group(1) if match.groups() else match.group(0)
@@ -340,16 +369,24 @@ def assign_splits(
 ) -> None:
     """Set ``split`` and ``reason`` on every item (see the module docstring).
 
-    ``previous`` maps a path to ``(split, sha256)`` from an earlier manifest.
+    ``previous`` maps a path to ``(split, sha256, ...)`` from an earlier manifest. Items the
+    source already holds out (``given`` val or test) keep that split, and so does their
+    whole group: a copy given another split is excluded (never in two splits).
     """
     groups: dict[int, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
         groups[item.group].append(index)
-    class_sizes = Counter(item.cls for item in items)
+    free = []
+    for members in groups.values():
+        if any(items[i].given in HELD_OUT for i in members):
+            _keep_given(items, members)
+        else:
+            free.append(members)
+    class_sizes = Counter(items[i].cls for members in free for i in members)
     targets = {cls: plan.targets(n, cls, min_per_split) for cls, n in class_sizes.items()}
     current = {cls: dict.fromkeys(plan.names, 0) for cls in class_sizes}
     fresh = []
-    for members in groups.values():
+    for members in free:
         kept = [
             previous[items[i].path][0]
             for i in members
@@ -371,7 +408,25 @@ def assign_splits(
         )
         _place(items, members, split, current, reason)
     for index, text in (join_reasons or {}).items():
-        items[index].reason = f"{text}: kept in the same split"
+        if not items[index].excluded:
+            items[index].reason = f"{text}: kept in the same split"
+
+
+def _keep_given(items: list[Item], members: list[int]) -> None:
+    """A group holding files the source puts in val or test: it stays there (test first);
+    its other files are copies that would leak, and are left out."""
+    given = {items[i].given for i in members}
+    split = "test" if "test" in given else "val"
+    anchor = next(items[i] for i in members if items[i].given == split)
+    for index in members:
+        item = items[index]
+        if item.given == split:
+            item.split, item.reason = split, f"kept in {split}/, as the source has it"
+        else:
+            item.excluded = (
+                f"a copy of {anchor.path}, which the source puts in {split}/: left out so "
+                "that no picture is in two splits"
+            )
 
 
 def _place(
@@ -388,7 +443,8 @@ def _place(
 
 
 # --------------------------------------------------------------------------- manifest & files
-def read_manifest(output: Path) -> dict[str, tuple[str, str]]:
+def read_manifest(output: Path) -> dict[str, tuple[str, str, str]]:
+    """An earlier run's manifest: each name's ``(split, sha256, file)``."""
     path = output / MANIFEST
     if not path.exists():
         return {}
@@ -396,7 +452,11 @@ def read_manifest(output: Path) -> dict[str, tuple[str, str]]:
         # A damaged manifest only costs its promises (kept splits, vouched copies): every
         # copy it no longer vouches for is checked against its input.
         return {
-            row["path"]: (row.get("split") or "", row.get("sha256") or "")
+            row["path"]: (
+                row.get("split") or "",
+                row.get("sha256") or "",
+                row.get("file") or row["path"],  # manifests before sources: the path
+            )
             for row in csv.DictReader(handle)
             if row.get("path")
         }
@@ -423,6 +483,7 @@ def write_manifest(output: Path, items: list[Item]) -> None:
                 f"{item.phash:016x}" if hashed else "",
                 item.group if hashed and item.group >= 0 else "",
                 why,
+                item.relative,
             ]
         )
     atomic_write_bytes(output / MANIFEST, buffer.getvalue().encode())
@@ -441,12 +502,12 @@ class Changes:
 
 
 def materialise(
-    source: Path,
+    source: Source,
     output: Path,
     items: list[Item],
     plan: Plan,
     mode: str,
-    manifest: dict[str, tuple[str, str]],
+    manifest: dict[str, tuple[str, str, str]],
 ) -> Changes:
     """Make OUT's split folders hold exactly the assigned items, each a copy (or link) of its
     input as it is now.
@@ -457,46 +518,70 @@ def materialise(
     outdated file is written. ``manifest`` (the previous run's) only saves re-reading copies
     that it vouches for."""
     wanted = {
-        f"{destination}/{item.path}": item
+        f"{destination}/{item.relative}": item
         for item in items
         if item.split
         for destination in plan.destinations(item.split)
     }
     roots = [p.name for p in output.iterdir() if p.is_dir() and SPLIT_FOLDER.match(p.name)]
     changes = Changes(removed=remove_stale(output, set(wanted), roots))
+    pending: dict[SourceFile, list[Path]] = defaultdict(list)
     for relative, item in sorted(wanted.items()):
         target = output / relative
         if not (target.exists() or target.is_symlink()):
             changes.written += 1
-        elif _is_copy_of(source / item.path, target, item, mode, manifest):
+        elif _is_copy_of(item, target, mode, manifest):
             continue
         else:
             changes.replaced.append(relative)
-        _link_or_copy(source / item.path, target, mode)
+        assert item.file is not None
+        pending[item.file].append(target)
+    _write(source, pending, mode)
     return changes
 
 
+def _write(source: Source, pending: dict[SourceFile, list[Path]], mode: str) -> None:
+    """Write every target: files of their own are copied or linked where they are; the
+    bytes of archive members and array images are read once each (one pass over a
+    compressed tar)."""
+    for file, targets in pending.items():
+        if file.path is not None:
+            for target in targets:
+                _link_or_copy(file, target, mode)
+    unread = [file for file in pending if file.path is None]
+    for file, data in source.read_all(unread):
+        if isinstance(data, ReadFailure):  # it was read when hashed: changed since
+            raise CvprepError(f"{file.name}: {data.reason} (it changed during the split)")
+        for target in pending[file]:
+            place(file, target, data=data)
+
+
 def _is_copy_of(
-    source: Path, target: Path, item: Item, mode: str, manifest: dict[str, tuple[str, str]]
+    item: Item, target: Path, mode: str, manifest: dict[str, tuple[str, str, str]]
 ) -> bool:
     """Whether ``target`` already is what this run would write for ``item``."""
+    assert item.file is not None
     if mode == "symlink":
-        return target.is_symlink() and os.readlink(target) == str(source.resolve())
+        assert item.file.path is not None
+        return target.is_symlink() and os.readlink(target) == str(Path(item.file.path).resolve())
     if target.is_symlink():
         return False
     if mode == "hardlink":
-        return os.path.samefile(source, target)
+        assert item.file.path is not None
+        return os.path.samefile(item.file.path, target)
     vouched = manifest.get(item.path, ("", ""))[1] == item.sha256
-    if vouched and target.stat().st_size == source.stat().st_size:
+    if vouched and target.stat().st_size == item.file.size:
         return True
     return content_hash(target.read_bytes()) == item.sha256
 
 
-def _link_or_copy(source: Path, target: Path, mode: str) -> None:
+def _link_or_copy(file: SourceFile, target: Path, mode: str) -> None:
     """Create or replace ``target`` atomically: a reader never sees a partial file."""
     if mode == "copy":
-        copy_atomic(source, target)
+        place(file, target)
         return
+    assert file.path is not None
+    source = Path(file.path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
     temporary.unlink(missing_ok=True)
@@ -592,9 +677,11 @@ class SplitResult:
 
 @filesystem_errors
 def split(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Source,
     output: str | os.PathLike[str],
     *,
+    labels: str | os.PathLike[str] | LabelSpec | None = None,
+    images: str | os.PathLike[str] | None = None,
     ratios: str | Sequence[float] | dict[str, float] | None = None,
     fixed: str | Sequence[int] | None = None,
     kfold: int | None = None,
@@ -674,29 +761,38 @@ def split(
     >>> len(list((tmp / "folds" / "fold_1" / "val" / "round").iterdir()))
     2
     """
-    root, out = require_folder(source), Path(output)
+    data = open_source(source, labels=labels, images=images)
+    root, out = data.location, Path(output)
     plan = make_plan(ratios, fixed, kfold)
     settings = _settings(plan, seed, mode, group, near_threshold, min_per_split, exclude)
+    settings.update({"labels": None, "images": None, **data.settings()})
     params.check_bool("overwrite", overwrite)
     params.check_bool("dry_run", dry_run)
+    if mode != "copy" and not data.on_disk:
+        raise ParameterError(
+            f"`mode` {mode} links files, and the images of {root.name} are not files of their "
+            "own (archive members or arrays): use mode copy"
+        )
     excluded = read_exclusions(exclude) if exclude is not None else {}
     check_separate(root, out)
     if not dry_run:
         check_can_write(out)
-    tree = list_tree(root)
-    files = tree.in_classes()
+    files = [file for file in data.files if file.cls]
     if not files:
-        raise EmptyTreeError(root, "no image files in class subfolders")
-    _check_class_sizes(files, excluded, plan)
+        hint = "for classes in the file names use --labels name" if data.files else ""
+        raise EmptyTreeError(root, "no image files in class subfolders", hint)
+    held = {file.split for file in files if file.split in HELD_OUT}
+    assigned = plan.without(held)
+    _check_class_sizes(files, excluded, assigned)
     _check_previous_run(out, settings, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    items = _hashed_items(runner, root, tree, files, excluded, progress)
+    items = _hashed_items(runner, data, files, excluded, progress)
     good = [item for item in items if not item.rejected and not item.excluded]
     reasons = group_items(good, near_threshold=near_threshold, group_regex=group)
     result = SplitResult(
         root,
         out,
-        plan.names,
+        assigned.output_names(held),
         items,
         dry_run=dry_run,
         grouped=len(reasons),
@@ -704,14 +800,14 @@ def split(
     )
     if dry_run:
         previous = {} if overwrite else read_manifest(out)
-        _assign(good, plan, settings, previous, reasons)
+        _assign(good, assigned, settings, previous, reasons)
         return result
     with output_lock(out, COMMAND):
         _check_previous_run(out, settings, overwrite)  # again: another job may have finished
         manifest = read_manifest(out)
-        _assign(good, plan, settings, {} if overwrite else manifest, reasons)
+        _assign(good, assigned, settings, {} if overwrite else manifest, reasons)
         write_record(out, COMMAND, settings, status="in progress")
-        changes = materialise(root, out, good, plan, mode, manifest)
+        changes = materialise(data, out, good, assigned, mode, manifest)
         result.written, result.replaced = changes.written, changes.replaced
         result.removed = _removal_reasons(changes.removed, items, manifest)
         write_manifest(out, items)
@@ -757,13 +853,15 @@ def _settings(
     }
 
 
-def _check_class_sizes(files: list[Path], excluded: dict[str, str], plan: Plan) -> None:
+def _check_class_sizes(files: list[SourceFile], excluded: dict[str, str], plan: Plan) -> None:
     """Refuse impossible targets (too few images for the folds or the fixed counts, no
     training image) before hashing every file; the assignment checks again what remains
-    after rejects."""
-    counts = Counter(class_of(path) for path in files if str(path) not in excluded)
+    after rejects. Files the source holds out are not split, so not counted."""
+    counts = Counter(
+        file.cls for file in files if file.name not in excluded and file.split not in HELD_OUT
+    )
     for cls, count in sorted(counts.items()):
-        plan.targets(count, cls or "")
+        plan.targets(count, cls)
 
 
 def _check_previous_run(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
@@ -808,27 +906,29 @@ def _setting_text(name: str, value: Any) -> str:
 
 def _hashed_items(
     runner: Engine,
-    root: Path,
-    tree: Any,
-    files: list[Path],
+    source: Source,
+    files: list[SourceFile],
     excluded: dict[str, str],
     progress: Progress | None,
 ) -> list[Item]:
-    """An item per file: hashed, or excluded, or rejected (unreadable, a tree problem, or a
-    file outside the class folders), sorted by path."""
-    tasks = [HashTask(str(root), str(path)) for path in files if str(path) not in excluded]
-    items = list(tracked(runner.map(hash_one, tasks), len(tasks), "hashing", progress))
+    """An item per file: hashed, or excluded, or rejected (unreadable, a problem of the
+    source, or a file without a class), sorted by name."""
+    tasks = [HashTask(file) for file in files if file.name not in excluded]
+    mapping = mapped(runner, hash_one, tasks, source)
+    items = list(tracked(mapping, len(tasks), "hashing", progress))
+    items += [_item(file, excluded=excluded[file.name]) for file in files if file.name in excluded]
+    items += [_problem_item(problem) for problem in source.problems]
     items += [
-        Item(str(path), class_of(path) or "", excluded=excluded[str(path)])
-        for path in files
-        if str(path) in excluded
-    ]
-    items += [_problem_item(problem) for problem in tree.problems]
-    in_classes = set(files)
-    items += [
-        Item(str(path), ".", rejected="not_in_class: a file outside the class folders")
-        for path in tree.files
-        if path not in in_classes
+        Item(
+            file.name,
+            ".",
+            file.relative,
+            file.split,
+            file,
+            rejected="not_in_class: a file outside the class folders",
+        )
+        for file in source.files
+        if not file.cls
     ]
     items.sort(key=lambda item: item.path)  # the pool returns them in any order
     return items
@@ -852,17 +952,24 @@ def _assign(
 
 
 def _removal_reasons(
-    removed: list[str], items: list[Item], manifest: dict[str, tuple[str, str]]
+    removed: list[str], items: list[Item], manifest: dict[str, tuple[str, str, str]]
 ) -> dict[str, str]:
     """Why each file removed from OUT had to go (its path there starts with the split)."""
-    by_path = {item.path: item for item in items}
+    by_relative: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        by_relative[item.relative].append(item)
+    listed = {entry[2] for entry in manifest.values()}
     reasons = {}
     for relative in removed:
         parts = relative.split("/")
         path = "/".join(parts[2:] if parts[0].startswith("fold_") else parts[1:])
-        item = by_path.get(path)
+        candidates = by_relative.get(path, [])
+        # The same path in two split folders of the source: the one this folder held.
+        item = next((c for c in candidates if c.given == parts[0]), None) or next(
+            iter(candidates), None
+        )
         if item is None:
-            why = "its input was deleted" if path in manifest else "not part of this split"
+            why = "its input was deleted" if path in listed else "not part of this split"
         elif item.excluded:
             why = f"excluded: {item.excluded}"
         elif item.rejected:
@@ -873,9 +980,5 @@ def _removal_reasons(
     return reasons
 
 
-def _problem_item(problem: TreeProblem) -> Item:
-    return Item(
-        problem.path,
-        class_of(Path(problem.path)) or problem.path.split("/")[0],
-        rejected=f"{problem.kind}: {problem.reason}",
-    )
+def _problem_item(problem: Problem) -> Item:
+    return Item(problem.name, problem.cls or ".", rejected=f"{problem.kind}: {problem.reason}")

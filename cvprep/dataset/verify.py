@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.labels import LabelSpec
 from cvprep.dataset.results import (
     FileResult,
     Progress,
@@ -20,24 +21,19 @@ from cvprep.dataset.results import (
     tracked,
     write_report,
 )
-from cvprep.errors import ImageError, filesystem_errors
-from cvprep.files import (
-    EmptyTreeError,
-    check_can_write,
-    check_separate,
-    list_tree,
-    require_folder,
-)
+from cvprep.dataset.sources import ReadFailure, Source, fetch, mapped, open_source
+from cvprep.errors import ImageError, ParameterError, filesystem_errors
+from cvprep.files import EmptyTreeError, check_can_write, check_separate
 from cvprep.io import DEFAULT_MAX_PIXELS, check_max_pixels, read_image
 
 
-def verify_one(task: ReadTask, data: bytes | None = None) -> FileResult:
+def verify_one(task: ReadTask, data: bytes | ReadFailure | None = None) -> FileResult:
     """Decode one file (or its already-read ``data``, as the Ray engine passes it)."""
     try:
-        image = read_image(data if data is not None else task.source, max_pixels=task.max_pixels)
+        image = read_image(fetch(task.file, data), max_pixels=task.max_pixels)
     except ImageError as exc:
-        return FileResult(task.relative, "rejected", exc.kind, exc.reason)
-    return FileResult(task.relative, "ok", width=image.shape[1], height=image.shape[0])
+        return FileResult.of(task.file, "rejected", kind=exc.kind, reason=exc.reason)
+    return FileResult.of(task.file, "ok", width=image.shape[1], height=image.shape[0])
 
 
 @dataclass
@@ -70,8 +66,10 @@ class VerifyResult:
 
 @filesystem_errors
 def verify(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Source,
     *,
+    labels: str | os.PathLike[str] | LabelSpec | None = None,
+    images: str | os.PathLike[str] | None = None,
     report: str | os.PathLike[str] | None = None,
     quarantine: str | os.PathLike[str] | None = None,
     workers: int | None = None,
@@ -90,13 +88,21 @@ def verify(
     Parameters
     ----------
     source : path
-        A folder (usually of class subfolders).
+        A folder (usually of class subfolders), an archive or an ``.npz``
+        (:mod:`cvprep.dataset.sources`).
+    labels : str, optional
+        Where classes come from: ``"folders"`` (default), ``"name"``, ``"name:REGEX"``, or a
+        label table ``"labels.csv[:FILE_COLUMN,LABEL_COLUMN]"``. A file the labels leave
+        without a class, or a table row naming no file, is rejected with its reason.
+    images : path, optional
+        With a label table: the folder of the images, inside ``source``.
     report : path, optional
         Write a CSV with every file's status and reason.
     quarantine : path, optional
-        Move rejected files here, keeping their relative paths. A file never replaces
-        another: a name already taken gets a number (``broken (1).jpg``), reported in
-        ``renamed``; a file that cannot be moved stays, reported in ``not_moved``.
+        Move rejected files here, keeping their relative paths (a folder source only). A
+        file never replaces another: a name already taken gets a number (``broken
+        (1).jpg``), reported in ``renamed``; a file that cannot be moved stays, reported in
+        ``not_moved``.
     workers : int, optional
         Worker processes (default: all cores; 0 runs in this process).
     engine : {"local", "ray"}
@@ -126,22 +132,28 @@ def verify(
     >>> [(r.path, r.kind) for r in result.rejected]
     [('round/broken.jpg', 'not_image')]
     """
-    root = require_folder(source)
+    data = open_source(source, labels=labels, images=images)
+    root = data.location
     check_max_pixels(max_pixels)
     for target in (report, quarantine):
         if target is not None:
             check_can_write(target)
     if quarantine is not None:
+        if data.kind != "folder":
+            raise ParameterError(
+                f"`quarantine` moves rejected files out of a folder; {root.name} is "
+                f"{'an archive' if data.kind != 'arrays' else 'an array file'}: use a report"
+            )
         check_separate(root, Path(quarantine))
-    tree = list_tree(root)
-    if not tree.files and not tree.problems:
+    if not data.files and not data.problems:
         raise EmptyTreeError(root)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    tasks = [ReadTask(str(root), str(path), max_pixels) for path in tree.files]
+    tasks = [ReadTask(file, max_pixels) for file in data.files]
     summary = Summary()
-    results = [FileResult.from_problem(problem) for problem in tree.problems]
+    results = [FileResult.from_problem(problem) for problem in data.problems]
     start = time.perf_counter()
-    for result in tracked(runner.map(verify_one, tasks), len(tasks), "verifying", progress):
+    mapping = mapped(runner, verify_one, tasks, data)
+    for result in tracked(mapping, len(tasks), "verifying", progress):
         results.append(result)
     for result in results:
         summary.add(result)
@@ -151,7 +163,11 @@ def verify(
         write_report(Path(report), results)
     verified = VerifyResult(root, results, summary)
     if quarantine is not None:
-        files = [r.path for r in results if r.status == "rejected" and not r.folder]
+        files = [
+            r.path
+            for r in results
+            if r.status == "rejected" and not r.folder and os.path.lexists(root / r.path)
+        ]
         _quarantine(root, Path(quarantine), files, verified)
     return verified
 
