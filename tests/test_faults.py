@@ -138,6 +138,27 @@ def test_a_job_killed_at_random_points_resumes_to_the_uninterrupted_output(photo
     assert not list(out.rglob("*.part"))
 
 
+@pytest.mark.parametrize(("suffix", "kind"), [(".zip", "zip"), (".tar.gz", "gztar")])
+def test_a_split_from_an_archive_killed_midway_resumes_to_the_same_output(
+    photos, tmp_path, suffix, kind
+):
+    archive = Path(shutil.make_archive(str(tmp_path / "photos"), kind, photos))
+    assert archive.name == f"photos{suffix}"
+    before = archive.read_bytes()
+    clean = tmp_path / "clean"
+    assert run(cvprep_command(COMMANDS["split"], **{"in": archive, "out": clean})).returncode == 0
+    expected = comparable(tree_snapshot(clean))
+    rng = random.Random(suffix)
+    out = tmp_path / "out"
+    command = cvprep_command(COMMANDS["split"], **{"in": archive, "out": out})
+    for _ in range(2):
+        kill_after(command, out, rng.randrange(1, len(expected)))
+    finished = run(command)
+    assert finished.returncode == 0, finished.stderr
+    assert comparable(tree_snapshot(out)) == expected
+    assert not list(out.rglob("*.part")) and archive.read_bytes() == before
+
+
 def test_a_killed_split_rerun_with_another_seed_never_leaks(photos, tmp_path):
     out = tmp_path / "out"
     kill_after(cvprep_command(COMMANDS["split"], **{"in": photos, "out": out}), out, 40)

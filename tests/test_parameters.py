@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from cvprep import dataset, params
 from cvprep.cli import cli
+from cvprep.dataset.labels import FOLDERS, NAME, TABLE, parse_labels
 from cvprep.dataset.split import make_plan, parse_fixed, parse_ratios
 from cvprep.errors import ParameterError
 from cvprep.pipeline import OPERATIONS, Pipeline, SpecError
@@ -116,6 +118,33 @@ def test_a_split_plan_is_one_of_ratios_fixed_or_folds(ratios, fixed, kfold):
     assert plan.names and sum(x is not None for x in (plan.ratios, plan.fixed, plan.folds)) == 1
 
 
+labels_text = st.one_of(
+    st.text(max_size=24),
+    st.builds(
+        lambda head, tail: f"{head}:{tail}",
+        st.sampled_from(["name", "labels.csv", "a/b.tsv", "", "folders"]),
+        st.text(alphabet="()[]^$.*+?\\d_,:a-z ", max_size=12),
+    ),
+    st.sampled_from(["name", "folders", "name:(", "name:^x", "name:(.+)_", "t.csv:id,id"]),
+)
+
+
+@fast
+@given(labels_text | anything)
+def test_any_labels_setting_parses_and_round_trips_or_is_refused(value):
+    try:
+        spec = parse_labels(value)
+    except ParameterError as exc:
+        assert "`labels`" in str(exc)
+        return
+    assert spec.kind in (FOLDERS, NAME, TABLE)
+    if spec.kind == NAME:
+        assert re.compile(spec.pattern).groups >= 1
+    if spec.kind == TABLE:
+        assert spec.table and (spec.columns is None or all(spec.columns))
+    assert parse_labels(spec.text()) == spec
+
+
 step_text = st.builds(
     lambda name, args: name + (("=" + ":".join(args)) if args else ""),
     st.sampled_from([*sorted(OPERATIONS), "blur", ""]),
@@ -160,16 +189,18 @@ def _out(tmp: Path) -> Path:
 
 
 JOB_ARGUMENTS = {
-    dataset.verify: ["workers", "max_pixels", "engine", "report", "quarantine"],
-    dataset.inspect: ["workers", "max_pixels", "thresholds"],
+    dataset.verify: ["workers", "max_pixels", "engine", "report", "quarantine", "labels"],
+    dataset.inspect: ["workers", "max_pixels", "thresholds", "labels"],
     dataset.split: [
         "ratios", "fixed", "kfold", "seed", "mode", "group", "near_threshold",
-        "min_per_split", "overwrite", "dry_run", "workers",
+        "min_per_split", "overwrite", "dry_run", "workers", "labels",
     ],
     dataset.preprocess: [
-        "ops", "fmt", "quality", "fast_decode", "overwrite", "workers", "max_pixels",
+        "ops", "fmt", "quality", "fast_decode", "overwrite", "workers", "max_pixels", "labels",
     ],
-    dataset.augment: ["per_image", "balance", "seed", "quality", "overwrite", "workers"],
+    dataset.augment: [
+        "per_image", "balance", "seed", "quality", "overwrite", "workers", "labels",
+    ],
 }  # fmt: skip
 CASES = [(job, name) for job, names in JOB_ARGUMENTS.items() for name in names]
 
@@ -183,6 +214,8 @@ def test_every_argument_of_the_api_is_checked(job, name, tiny, tmp_path_factory)
         values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats())
     elif name == "thresholds":
         values = anything | st.dictionaries(st.sampled_from(["blurry", "dark", "x"]), anything)
+    elif name == "labels":
+        values = anything | labels_text
 
     @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
     @given(values)

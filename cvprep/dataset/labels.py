@@ -163,10 +163,11 @@ def label_by_name(
             problems.append(Problem(entry.name, "no_label" if not label else "bad_label", reason))
         else:
             labelled.append((entry, label))
-    if entries and not matched:
+    if entries and not labelled:
         example = file_name(entries[0].path)
+        what = "matches none" if not matched else "gives a class to none"
         raise ParameterError(
-            f"`labels` pattern {pattern!r} matches none of the {len(entries)} file names "
+            f"`labels` pattern {pattern!r} {what} of the {len(entries)} file names "
             f"(e.g. {example!r}). Received: labels="
             + repr(NAME if pattern == NAME_PATTERN else f"{NAME}:{pattern}")
         )
