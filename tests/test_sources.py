@@ -583,7 +583,7 @@ def test_an_npz_in_another_layout_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize("kind", ["zip", "table"])
 def test_a_split_is_the_layout_training_reads(kind, pictures, tmp_path):
     # Training itself never sees the source (tests/test_training.py trains on split output);
-    # training on this very output was also run by hand (see the README).
+    # the README reports a real run of split then train on a zip of the dev photos.
     from cvprep.training.data import discover
 
     source, options = make_source(kind, tmp_path, pictures)
