@@ -1,6 +1,6 @@
 """Layer throughput against OpenCV and against TensorFlow/Keras built-ins, same run.
 
-    python benchmarks/layers.py [--batch 32] [--repeats 7] [--size 224]
+    python benchmarks/layers.py [--batch 32] [--repeats 7] [--size 224] [--random-only]
 
 A batch of RGB photos (the dev photos in ../shared/data when present, else the bundled ones)
 resized to SIZE×SIZE. Every rate is images/s, best of ``--repeats``:
@@ -187,6 +187,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--no-xla", action="store_true")
+    parser.add_argument("--random-only", action="store_true", help="only the random layers")
     args = parser.parse_args()
     batch = photos(args.batch, args.size)
     tensor = tf.constant(batch.astype(np.float32))
@@ -196,7 +197,7 @@ def main() -> None:
     )
     columns = f"{'layer':>7s} {'XLA':>7s} {'OpenCV':>7s} {'l/CV':>5s}"
     print(f"{'spec':38s} {columns}  {'built-in':28s} {'img/s':>7s} {'l/b':>5s}")
-    for spec in CASES:
+    for spec in [] if args.random_only else CASES:
         step, layer = Pipeline.parse(spec).steps[0], Pipeline.parse(spec).layers()[0]
         rate = graph_rate(lambda x, layer=layer: layer(x), tensor, args.repeats)
         xla = (

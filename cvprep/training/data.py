@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cvprep import ops
-from cvprep.augmentation import get_preset
+from cvprep.augmentation import get_preset, to_keras_layers
 from cvprep.dataset.engines import default_workers
 from cvprep.errors import CvprepError, ImageError, ParameterError
 from cvprep.files import EmptyTreeError, class_of, list_tree
@@ -200,54 +200,6 @@ def load_split(
 
 
 # --------------------------------------------------------------------------- tf.data
-def augmentation_layers(preset_name: str, seed: int) -> list[Any]:
-    """The preset (:mod:`cvprep.augmentation`) as Keras layers, applied to whole batches."""
-    import keras
-
-    from cvprep import keras_layers as kl
-
-    preset = get_preset(preset_name)
-    layers: list[Any] = []
-    if preset.rotation or preset.zoom or preset.shift:  # the flip is part of the same warp
-        layers.append(
-            kl.RandomAffine(
-                preset.rotation,
-                preset.zoom,
-                preset.shift,
-                flip=preset.flip,
-                border="reflect",
-                seed=seed,
-            )
-        )
-    elif preset.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if preset.brightness or preset.contrast:
-        layers.append(kl.RandomBrightnessContrast(preset.brightness, preset.contrast, seed=seed))
-    if preset.blur_probability:
-        layers.append(
-            kl.RandomGaussianBlur(preset.blur_sigma, probability=preset.blur_probability, seed=seed)
-        )
-    if preset.noise:
-        layers.append(_PixelNoise(preset.noise, seed=seed))
-    return layers
-
-
-class _PixelNoise:
-    """Keras' ``GaussianNoise`` (standard deviation as a fraction of 255) on [0, 255] pixels."""
-
-    def __init__(self, stddev: float, seed: int) -> None:
-        import keras
-
-        self.noise = keras.layers.GaussianNoise(stddev, seed=seed)
-        self.stddev = stddev
-
-    def __call__(self, images: Any, training: bool = False) -> Any:
-        import tensorflow as tf  # tf.data runs TensorFlow whatever the Keras backend
-
-        noisy = self.noise(images / 255.0, training=training) * 255.0
-        return tf.clip_by_value(noisy, 0.0, 255.0)
-
-
 def encode_labels(labels: Any, num_classes: int) -> Any:
     import tensorflow as tf
 
@@ -291,7 +243,7 @@ def make_dataset(
         dataset = dataset.shuffle(len(cached), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=exact)
     dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
-    layers = augmentation_layers(augment, seed) if training else []
+    layers = to_keras_layers(get_preset(augment), seed) if training else []
     if layers:
 
         def augment_batch(batch: Any, batch_labels: Any) -> tuple[Any, Any]:
