@@ -93,7 +93,8 @@ class LocalEngine:
 
     def map(self, function: Callable[..., Any], tasks: Sequence[Any]) -> Iterator[Any]:
         if self.workers == 0 or len(tasks) <= 1 or not _workers_can_start():
-            init_worker()
+            # The caller's process keeps its own OpenCV threads and malloc settings: the
+            # worker initialiser is for pool workers only.
             yield from map(function, tasks)
             return
         # forkserver: safe even when the parent already imported TensorFlow (fork is not).
