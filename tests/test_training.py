@@ -24,8 +24,22 @@ import cvprep  # noqa: E402
 from cvprep.cli import cli  # noqa: E402
 from cvprep.keras_layers import InputScaling  # noqa: E402
 from cvprep.pipeline import Pipeline  # noqa: E402
-from cvprep.training import TrainConfig, evaluate, export, load_run, predict, train  # noqa: E402
-from cvprep.training.data import discover, load_split, make_dataset, prepare_image  # noqa: E402
+from cvprep.training import (  # noqa: E402
+    TrainConfig,
+    evaluate,
+    export,
+    load_run,
+    predict,
+    resolve_plan,
+    train,
+)
+from cvprep.training.data import (  # noqa: E402
+    Split,
+    discover,
+    load_split,
+    make_dataset,
+    prepare_image,
+)
 from cvprep.training.models import build_training_model, unfreeze_top  # noqa: E402
 from tests.conftest import ROOT, SHARED_WEIGHTS  # noqa: E402
 
@@ -233,11 +247,10 @@ def test_unreadable_training_file_is_named_and_skipped(dataset, tmp_path):
     _, splits = discover(dataset)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    splits["val"].files.append(str(broken))
-    splits["val"].labels.append(0)
+    val = Split((*splits["val"].files, str(broken)), (*splits["val"].labels, 0))
     messages = []
     cached = load_split(
-        splits["val"],
+        val,
         pipeline=Pipeline(),
         size=32,
         resize="stretch",
@@ -249,8 +262,8 @@ def test_unreadable_training_file_is_named_and_skipped(dataset, tmp_path):
 
 
 def test_classic_is_the_course_network(dataset):
-    config = TrainConfig(data=str(dataset), out="unused", model="classic", classes=["a", "b"])
-    model, base = build_training_model(config, channels=3)
+    plan = resolve_plan(TrainConfig(data=str(dataset), out="unused", model="classic"))
+    model, base = build_training_model(plan)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128, 128]
     assert all(c.kernel_size == (3, 3) and c.padding == "valid" for c in convs)
@@ -337,9 +350,8 @@ def test_transfer_learning_freezes_then_fine_tunes(dataset, tmp_path):
         alpha=0.25,
         weights="none",
         img_size=32,
-        classes=["h", "v"],
     )
-    model, base = build_training_model(config, channels=3)
+    model, base = build_training_model(resolve_plan(config))
     frozen_before = [w.copy() for w in base.get_weights()]
     model.compile(optimizer="adam", loss="binary_crossentropy")
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)

@@ -10,7 +10,7 @@ epoch costs about what the model's own compute costs.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,29 +24,45 @@ from cvprep.dataset.engines import default_workers
 from cvprep.errors import CvprepError, ImageError, ParameterError
 from cvprep.files import EmptyTreeError, class_of, list_tree
 from cvprep.io import read_image
-from cvprep.pipeline import Pipeline, pipeline_from_json
+from cvprep.pipeline import Pipeline
 
 SPLITS = ("train", "val", "test")
 MEMORY_SHARE = 0.25  # cache in memory up to this share of the machine's RAM
 
 
-@dataclass
+@dataclass(frozen=True)
 class Split:
-    files: list[str]  # absolute paths
-    labels: list[int]
+    """The image files of one split folder that are in a known class, with their labels."""
+
+    files: tuple[str, ...]  # absolute paths
+    labels: tuple[int, ...]
+    # Files of the folder outside every known class folder: (path, its folder's class name,
+    # or None for a file at the top level).
+    outside: tuple[tuple[str, str | None], ...] = ()
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def describe_outside(self) -> dict[str, str]:
+        """Each file outside the known classes, with why it is not used."""
+        return {
+            path: "not in a class folder"
+            if cls is None
+            else f"class folder {cls!r} is not one of the model's classes"
+            for path, cls in self.outside
+        }
 
-def list_split(folder: Path, classes: list[str]) -> Split:
-    files, labels = [], []
+
+def list_split(folder: Path, classes: Sequence[str]) -> Split:
+    files, labels, outside = [], [], []
     for relative in list_tree(folder).files:
         cls = class_of(relative)
         if cls in classes:
             files.append(str(folder / relative))
             labels.append(classes.index(cls))
-    return Split(files, labels)
+        else:
+            outside.append((str(folder / relative), cls))
+    return Split(tuple(files), tuple(labels), tuple(outside))
 
 
 def discover(data: Path) -> tuple[list[str], dict[str, Split]]:
@@ -77,7 +93,7 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
 
 
 def _subset(split: Split, indices: Any) -> Split:
-    return Split([split.files[i] for i in indices], [split.labels[i] for i in indices])
+    return Split(tuple(split.files[i] for i in indices), tuple(split.labels[i] for i in indices))
 
 
 def process_shard(split: Split, seed: int, num_processes: int, process_id: int) -> Split:
@@ -92,7 +108,7 @@ def process_shard(split: Split, seed: int, num_processes: int, process_id: int) 
 class LoadTask:
     index: int
     path: str
-    spec_json: str
+    pipeline: Pipeline  # --ops (threads share the parsed pipeline: nothing is re-parsed)
     size: int
     resize: str
     gray: bool  # files hold one channel (preprocessed to grayscale or edges)
@@ -117,8 +133,7 @@ def load_one(task: LoadTask, data: bytes | None = None) -> tuple[int, np.ndarray
         )
     except ImageError as exc:
         return task.index, None, f"[{exc.kind}] {exc.reason}"
-    pipeline = pipeline_from_json(task.spec_json)
-    return task.index, prepare_image(image, pipeline, task.size, task.resize), ""
+    return task.index, prepare_image(image, task.pipeline, task.size, task.resize), ""
 
 
 @dataclass
@@ -171,9 +186,8 @@ def load_split(
         log(f"caching {len(split)} images on disk ({needed / 1024**2:.0f} MiB): {cache_file}")
     else:
         images = np.empty(shape, np.uint8)
-    spec_json = pipeline.to_json()
     gray = stored_channels == 1
-    tasks = [LoadTask(i, f, spec_json, size, resize, gray) for i, f in enumerate(split.files)]
+    tasks = [LoadTask(i, f, pipeline, size, resize, gray) for i, f in enumerate(split.files)]
     ok = np.zeros(len(split), bool)
     skipped = {}
     # Threads, not processes: OpenCV releases the GIL while decoding and resizing, and the
