@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -522,3 +523,187 @@ def test_commands_print_no_tensorflow_noise(cnn_run, dataset, tmp_path):
         text=True,
     )
     assert loud.returncode == 0 and TF_NOISE.search(loud.stderr)  # the flag lets it through
+
+
+# --------------------------------------------------------------------------- robustness
+def test_evaluate_lists_what_it_cannot_score_and_refuses_to_score_nothing(
+    cnn_run, dataset, tmp_path
+):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset / "test", data / "test")
+    shutil.copy(next((dataset / "test" / "vertical").iterdir()), data / "test" / "loose.png")
+    (data / "test" / "bird").mkdir()
+    shutil.copy(next((dataset / "test" / "vertical").iterdir()), data / "test" / "bird" / "b.png")
+    metrics = evaluate(cnn_run, data, write=False).metrics
+    assert metrics["count"] == 24 and metrics["unknown_classes"] == {"bird": 1}
+    rejected = metrics["rejected"]
+    assert "not one of the model's classes" in rejected[str(data / "test" / "bird" / "b.png")]
+    assert rejected[str(data / "test" / "loose.png")] == "not in a class folder"
+    result = CliRunner().invoke(cli, ["evaluate", str(cnn_run), str(data)])
+    assert result.exit_code == 1 and "bird/ (1)" in result.stderr
+    assert "loose.png: not in a class folder" in result.stderr
+    # Nothing readable in the model's classes: a clear refusal, not sklearn's empty array.
+    broken = tmp_path / "broken" / "test"
+    for name in ("horizontal", "vertical"):
+        (broken / name).mkdir(parents=True)
+        (broken / name / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    result = CliRunner().invoke(cli, ["evaluate", str(cnn_run), str(broken.parent)])
+    assert result.exit_code == 1 and "nothing to score" in result.output, result.output
+    assert result.output.count("x.jpg") == 2 and "empty input" not in result.output
+
+
+def test_predict_json_stays_valid_when_the_model_outputs_nan(cnn_run, dataset, tmp_path):
+    import shutil
+
+    from tests.test_run_folder import strict_json
+
+    run = tmp_path / "nan-run"
+    shutil.copytree(cnn_run, run, ignore=shutil.ignore_patterns("export", "figures"))
+    model = load_run(run).model
+    dense = model.layers[-1].get_layer("prediction")
+    dense.set_weights([np.full_like(w, np.nan) for w in dense.get_weights()])
+    model.save(run / "model.keras")
+    image = sorted((dataset / "test").rglob("*.png"))[0]
+    result = CliRunner().invoke(cli, ["predict", str(run), str(image), "--json"])
+    assert result.exit_code == 0, result.output
+    (prediction,) = strict_json(result.stdout)
+    assert prediction["probability"] is None
+
+
+def test_run_files_are_readable_under_the_umask(cnn_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [*cnn_run.glob("*"), *(cnn_run / "figures").rglob("*")]:
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_export_below_a_file_is_one_line_naming_it(cnn_run, tmp_path):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("in the way")
+    for args in ([], ["--format", "tflite"]):
+        result = CliRunner().invoke(cli, ["export", str(cnn_run), "-o", str(afile / "x"), *args])
+        assert result.exit_code == 1, result.output
+        assert str(afile) in result.output and "Not a directory" in result.output
+        assert "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["export", str(cnn_run), "-o", str(afile)])
+    assert result.exit_code == 1 and "a SavedModel is written as a folder" in result.output
+    assert afile.read_text() == "in the way"
+
+
+@pytest.mark.skipif(
+    not (os.geteuid() == 0 and shutil.which("setpriv")),
+    reason="needs root and setpriv to run as a user without write permission",
+)
+def test_train_into_a_folder_the_user_cannot_write(dataset):
+    from tests.test_faults import assert_one_line_error, run, shared_folder
+
+    with shared_folder() as shared:
+        data = shared / "data"
+        shutil.copytree(dataset, data)
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        locked = shared / "locked"
+        locked.mkdir(mode=0o555)
+        locked.chmod(0o555)
+        command = [sys.executable, "-m", "cvprep.cli", "train", str(data), "--epochs", "1"]
+        result = run([*command, "--out", str(locked / "run"), "--quiet"], as_nobody=True)
+        assert_one_line_error(result, str(locked), "Permission denied")
+        assert not any(locked.iterdir())
+
+
+def test_a_diverging_run_stops_and_says_so(dataset, tmp_path):
+    from cvprep.training.phases import TrainingDivergedError
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"diverged.*NaN.*lower --learning-rate"):
+        train(dataset, out=out, img_size=32, epochs=3, batch_size=8, learning_rate=1e30,
+              workers=0)  # fmt: skip
+    assert not (out / "model.keras").exists() and not (out / "backup").exists()
+
+
+class Killed(Exception):
+    """Stands for a kill at a chosen point of a run."""
+
+
+def interrupted_train(monkeypatch, data, out, *, epoch=None, after_fit=False, **options):
+    """Train, stopped by ``Killed`` when ``epoch`` (0-based) begins or once fitting ends."""
+    import cvprep.training.fit as fit_module
+    import cvprep.training.phases as phases
+
+    callbacks = phases._callbacks
+    with monkeypatch.context() as patch:
+        if epoch is not None:
+
+            class Stop(keras.callbacks.Callback):
+                def on_epoch_begin(self, index, logs=None):
+                    if index == epoch:
+                        raise Killed
+
+            patch.setattr(phases, "_callbacks", lambda *a: [*callbacks(*a), Stop()])
+        if after_fit:
+
+            def kill(*args):
+                raise Killed
+
+            patch.setattr(fit_module, "_save_model", kill)
+        with pytest.raises(Killed):
+            train(data, out=out, **options)
+
+
+def history_epochs(out: Path) -> list[int]:
+    return [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
+
+
+def test_damaged_backups_resume_from_the_last_whole_state_or_start_again(
+    dataset, tmp_path, monkeypatch
+):
+    options = {"img_size": 32, "epochs": 4, "batch_size": 8, "seed": 1, "workers": 0}
+    # The newest state is cut short: the run resumes from the one before.
+    out = tmp_path / "truncated"
+    interrupted_train(monkeypatch, dataset, out, epoch=3, **options)
+    states = sorted(p.name for p in (out / "backup" / "phase1").iterdir())
+    assert states == ["epoch-0002.weights.h5", "epoch-0003.weights.h5"]
+    newest = out / "backup" / "phase1" / states[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    log: list[str] = []
+    train(dataset, out=out, log=log.append, **options)
+    assert any("epoch-0003.weights.h5 is damaged" in m and "resumes after epoch 2" in m
+               for m in log), log  # fmt: skip
+    assert history_epochs(out) == [0, 1, 2, 3] and (out / "model.keras").is_file()
+    # Every state damaged, and a damaged backup of cvprep 0.2 (Keras' BackupAndRestore):
+    # the phase starts again, with a warning, instead of failing on every rerun.
+    out = tmp_path / "garbage"
+    interrupted_train(monkeypatch, dataset, out, epoch=2, **options)
+    folder = out / "backup" / "phase1"
+    for path in folder.iterdir():
+        path.write_bytes(b"garbage")
+    (folder / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (folder / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    log.clear()
+    train(dataset, out=out, log=log.append, **options)
+    assert any("no whole backup left, phase 1 starts again" in m for m in log), log
+    assert history_epochs(out) == [0, 1, 2, 3]
+    # The saved end of phase 1 is damaged: phase 1 runs again.
+    out = tmp_path / "phase-done"
+    interrupted_train(monkeypatch, dataset, out, after_fit=True, **options)
+    done = out / "backup" / "phase1-done.weights.h5"
+    done.write_bytes(done.read_bytes()[:1000])
+    log.clear()
+    train(dataset, out=out, log=log.append, **options)
+    assert any("phase1-done.weights.h5 is damaged" in m and "phase 1 runs again" in m
+               for m in log), log  # fmt: skip
+    assert history_epochs(out) == [0, 1, 2, 3] and (out / "model.keras").is_file()
+
+
+def test_the_demo_predicts_on_classes_of_any_format(tmp_path):
+    from cvprep.dataset import make_shapes_dataset
+    from cvprep.demo import run_demo
+
+    source = make_shapes_dataset(tmp_path / "png", per_class=20, size=48)  # PNG only
+    lines: list[str] = []
+    run_demo(tmp_path / "demo", source, 1, lines.append)
+    predictions = [line for line in lines if re.search(r"\.png: (angular|round) \(", line)]
+    assert len(predictions) == 4, lines

@@ -67,6 +67,25 @@ def test_resolving_fills_the_recipe_and_never_touches_the_config(data, tmp_path)
     assert not (tmp_path / "run").exists()  # resolving writes nothing
 
 
+def test_files_outside_the_classes_are_kept_in_the_plan_with_why(data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    image = next((copy / "train" / "round").iterdir())
+    shutil.copy(image, copy / "train" / "loose.png")
+    (copy / "test" / "bird").mkdir()
+    shutil.copy(image, copy / "test" / "bird" / "b.png")
+    plan = resolve_plan(TrainConfig(str(copy), "never-written"))
+    assert plan.train.describe_outside() == {
+        str(copy / "train" / "loose.png"): "not in a class folder"
+    }
+    assert list(plan.test.describe_outside().values()) == [
+        "class folder 'bird' is not one of the model's classes"
+    ]
+    assert plan.classes == ("angular", "round")
+
+
 def test_a_preprocessed_data_folder_is_read_through_its_record(data, tmp_path):
     prepped = tmp_path / "prepped"
     preprocess(data, prepped, "resize=32x32,grayscale", workers=0)

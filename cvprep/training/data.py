@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,8 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
         members = np.flatnonzero(labels == label)
         count = min(len(members) - 1, max(1, round(fraction * len(members))))
         held[rng.choice(members, count, replace=False)] = True
-    return _subset(train, np.flatnonzero(~held)), _subset(train, np.flatnonzero(held))
+    kept = replace(_subset(train, np.flatnonzero(~held)), outside=train.outside)
+    return kept, _subset(train, np.flatnonzero(held))
 
 
 def _subset(split: Split, indices: Any) -> Split:
@@ -100,7 +101,8 @@ def process_shard(split: Split, seed: int, num_processes: int, process_id: int) 
     """This process's equal share of the training files (same shuffle in every process)."""
     order = np.random.default_rng(seed).permutation(len(split.files))
     per_process = len(order) // num_processes
-    return _subset(split, order[process_id * per_process : (process_id + 1) * per_process])
+    share = _subset(split, order[process_id * per_process : (process_id + 1) * per_process])
+    return replace(share, outside=split.outside)
 
 
 # --------------------------------------------------------------------------- decode once

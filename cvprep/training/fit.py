@@ -180,6 +180,9 @@ def _init_data_parallel(plan: TrainPlan) -> int:
 
 def _cache(plan: TrainPlan, log: Log) -> dict[str, CachedImages]:
     """Decode every training and validation image once (``test/`` is scored at the end)."""
+    for split in (plan.train, plan.val, plan.test):
+        for path, reason in (split.describe_outside() if split else {}).items():
+            log(f"warning: {path} is not used: {reason} (the classes are train/'s folders)")
     cached = {name: _load(plan, name, split, "auto", log) for name, split in _fitted_splits(plan)}
     if not len(cached["train"]):
         raise CvprepError(f"no readable training images under {plan.data / 'train'}")

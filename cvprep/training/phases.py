@@ -190,7 +190,7 @@ def _fit(
             verbose=verbose,
             shuffle=False,  # tf.data already reshuffles every epoch
         )
-    _check_converged(callbacks[-1], plan, phase)
+    _check_converged(next(c for c in callbacks if hasattr(c, "diverged_at")), plan, phase)
     shutil.rmtree(folder, ignore_errors=True)
 
 
