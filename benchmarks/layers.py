@@ -11,8 +11,16 @@ resized to SIZE×SIZE. Every rate is images/s, best of ``--repeats``:
   OpenCV     the ``cvprep.ops`` function in a Python loop over the same images.
 
 Random layers run with ``training=True`` against Keras' own random layers at the same size.
-Also runs against an older cvprep checkout (``PYTHONPATH=old/ python benchmarks/layers.py``):
-layers that do not exist there are skipped.
+Also runs against an older cvprep checkout, alternated with this one in one session (layers
+that do not exist there are skipped)::
+
+    mkdir -p /tmp/bench/old && git archive OLD_COMMIT | tar -x -C /tmp/bench/old
+    ln -s ../keras_layers /tmp/bench/old/cvprep/keras_layers
+    ln -s ../cli /tmp/bench/old/cvprep/cli
+    ln -s "$(realpath ../shared)" /tmp/bench/shared  # the same photos for both
+    cp benchmarks/layers.py /tmp/bench/old/benchmarks/  # this version's options
+    PYTHONPATH=/tmp/bench/old python /tmp/bench/old/benchmarks/layers.py --random-only
+    python benchmarks/layers.py --random-only  # and again, alternating
 """
 
 from __future__ import annotations

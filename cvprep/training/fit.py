@@ -64,6 +64,7 @@ class TrainResult:
         return float(self.metrics["accuracy"])
 
 
+@filesystem_errors
 def train(
     data: str | Path,
     *,
