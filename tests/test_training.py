@@ -661,23 +661,28 @@ def test_damaged_backups_resume_from_the_last_whole_state_or_start_again(
     dataset, tmp_path, monkeypatch
 ):
     options = {"img_size": 32, "epochs": 4, "batch_size": 8, "seed": 1, "workers": 0}
-    # The newest state is cut short: the run resumes from the one before.
-    out = tmp_path / "truncated"
+    out, log = tmp_path / "run", []
+    folder = out / "backup" / "phase1"
+    # Killed as epoch 4 begins; the newest state is then cut short: the rerun resumes from
+    # the one before (and is killed once phase 1 is done).
     interrupted_train(monkeypatch, dataset, out, epoch=3, **options)
-    states = sorted(p.name for p in (out / "backup" / "phase1").iterdir())
+    states = sorted(p.name for p in folder.iterdir())
     assert states == ["epoch-0002.weights.h5", "epoch-0003.weights.h5"]
-    newest = out / "backup" / "phase1" / states[-1]
+    newest = folder / states[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    log: list[str] = []
-    train(dataset, out=out, log=log.append, **options)
+    interrupted_train(monkeypatch, dataset, out, after_fit=True, log=log.append, **options)
     assert any("epoch-0003.weights.h5 is damaged" in m and "resumes after epoch 2" in m
                for m in log), log  # fmt: skip
-    assert history_epochs(out) == [0, 1, 2, 3] and (out / "model.keras").is_file()
+    assert history_epochs(out) == [0, 1, 2, 3]
+    # The saved end of phase 1 is damaged: phase 1 runs again (killed as its epoch 3 begins).
+    done = out / "backup" / "phase1-done.weights.h5"
+    done.write_bytes(done.read_bytes()[:1000])
+    log.clear()
+    interrupted_train(monkeypatch, dataset, out, epoch=2, log=log.append, **options)
+    assert any("phase1-done.weights.h5 is damaged" in m and "phase 1 runs again" in m
+               for m in log), log  # fmt: skip
     # Every state damaged, and a damaged backup of cvprep 0.2 (Keras' BackupAndRestore):
     # the phase starts again, with a warning, instead of failing on every rerun.
-    out = tmp_path / "garbage"
-    interrupted_train(monkeypatch, dataset, out, epoch=2, **options)
-    folder = out / "backup" / "phase1"
     for path in folder.iterdir():
         path.write_bytes(b"garbage")
     (folder / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
@@ -685,16 +690,6 @@ def test_damaged_backups_resume_from_the_last_whole_state_or_start_again(
     log.clear()
     train(dataset, out=out, log=log.append, **options)
     assert any("no whole backup left, phase 1 starts again" in m for m in log), log
-    assert history_epochs(out) == [0, 1, 2, 3]
-    # The saved end of phase 1 is damaged: phase 1 runs again.
-    out = tmp_path / "phase-done"
-    interrupted_train(monkeypatch, dataset, out, after_fit=True, **options)
-    done = out / "backup" / "phase1-done.weights.h5"
-    done.write_bytes(done.read_bytes()[:1000])
-    log.clear()
-    train(dataset, out=out, log=log.append, **options)
-    assert any("phase1-done.weights.h5 is damaged" in m and "phase 1 runs again" in m
-               for m in log), log  # fmt: skip
     assert history_epochs(out) == [0, 1, 2, 3] and (out / "model.keras").is_file()
 
 

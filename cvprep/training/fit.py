@@ -35,6 +35,7 @@ from cvprep.training.evaluate import (
     evaluate_folder,
     metrics_from_predictions,
 )
+from cvprep.training.phases import fit_phases
 from cvprep.training.plan import TrainPlan, resolve_plan
 from cvprep.training.run import (
     BACKUP_FOLDER,
@@ -121,8 +122,6 @@ def train_with_config(
     plan = resolve_plan(config)
     devices = _start(plan)
     cached = _cache(plan, log)
-    from cvprep.training.phases import fit_phases
-
     core, history = fit_phases(plan, cached, verbose, log)
     model = _save_model(plan, core)
     evaluation, metrics = _score(plan, model, core, cached, log)

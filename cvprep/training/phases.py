@@ -101,6 +101,7 @@ def _phase_one(
             return _phase_one_epochs(record, plan)
         log(f"warning: {done} is damaged ({problem}) and was removed: phase 1 runs again")
         done.unlink()
+        record.unlink(missing_ok=True)
     config = plan.config
     _fit(
         core,
