@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ import click
 from cvprep import params
 from cvprep.dataset import engines
 from cvprep.errors import CvprepError, FileSystemError, ParameterError
+from cvprep.json_text import dumps
 from cvprep.pipeline import Pipeline, SpecError
 
 EXIT_REJECTED = 1
@@ -64,7 +64,8 @@ def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Valid JSON on stdout: NaN and infinities are ``null``."""
+    click.echo(dumps(data))
 
 
 def library_errors(function: Callable[..., Any]) -> Callable[..., Any]:

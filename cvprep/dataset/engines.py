@@ -113,7 +113,8 @@ class LocalEngine:
         data: Iterable[Any] | None = None,
     ) -> Iterator[Any]:
         if self.workers == 0 or len(tasks) <= 1 or not _workers_can_start():
-            init_worker()
+            # The caller's process keeps its own OpenCV threads and malloc settings: the
+            # worker initialiser is for pool workers only.
             yield from map(function, tasks) if data is None else map(function, tasks, data)
             return
         # forkserver: safe even when the parent already imported TensorFlow (fork is not).

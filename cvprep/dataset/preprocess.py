@@ -319,10 +319,30 @@ def _plan(
     return tasks, collisions
 
 
-def preprocessing_record(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run record of a folder written by :func:`preprocess` (``{}`` for any other folder).
+@dataclass(frozen=True)
+class PreprocessingRecord:
+    """What :func:`preprocess` recorded in a folder it wrote, as training needs it: the spec
+    its images went through and the folder of the raw images. A folder that ``preprocess``
+    did not write has the empty record (``spec=""``, ``source=None``)."""
 
-    Training reads the spec from it (already applied to the images) and the raw source.
+    spec: str = ""
+    source: Path | None = None
+
+
+def read_preprocessing_record(folder: str | os.PathLike[str]) -> PreprocessingRecord:
+    """The one reader of the preprocessing record (``folder/cvprep.json``) for training,
+    evaluation and export.
+
+    >>> read_preprocessing_record(tmp)  # a folder without a record
+    PreprocessingRecord(spec='', source=None)
     """
     record = read_record(Path(folder))
-    return record if record.get("command") == COMMAND else {}
+    if record.get("command") != COMMAND:
+        return PreprocessingRecord()
+    settings = record.get("settings")
+    spec = settings.get("spec") if isinstance(settings, dict) else None
+    source = record.get("source")
+    return PreprocessingRecord(
+        spec if isinstance(spec, str) else "",
+        Path(source) if isinstance(source, str) and source else None,
+    )
