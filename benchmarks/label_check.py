@@ -89,12 +89,12 @@ def run_check(args: argparse.Namespace) -> None:
         hits = len(found & flipped)
         precision, recall = hits / max(1, len(found)), hits / len(flipped)
         rows.append((precision, recall, seconds, baseline))
-        assert result.labels is not None
+        assert result.label_check is not None
         print(
             f"seed {seed}: {len(flipped)} flipped, {len(found)} flagged, precision "
             f"{precision:.3f}, recall {recall:.3f}; inspect {seconds:.1f} s "
             f"(plain inspect {baseline:.1f} s, {plain.files} files); out-of-fold accuracy "
-            f"{result.labels.accuracy:.3f}; {'; '.join(result.labels.notes)}",
+            f"{result.label_check.accuracy:.3f}; {'; '.join(result.label_check.notes)}",
             flush=True,
         )
         for finding in result.by_issue("label_issue"):

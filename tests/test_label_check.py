@@ -25,7 +25,8 @@ from cvprep.dataset.confident import (
     find_label_issues,
     self_confidence_thresholds,
 )
-from cvprep.dataset.label_check import LabelCheck, check_classes, fold_assignment, label_of
+from cvprep.dataset.label_check import LabelCheck, check_classes, fold_assignment
+from cvprep.dataset.sources import open_source
 from cvprep.errors import CvprepError, ParameterError
 from tests.conftest import ROOT, SHARED_WEIGHTS
 
@@ -130,13 +131,18 @@ def test_classes_the_check_cannot_work_with_are_refused_or_reduce_k():
 
 
 def test_a_split_folder_is_labelled_by_its_second_folder(tmp_path):
-    (tmp_path / "train").mkdir()
-    assert labels.is_split_folder(tmp_path)
-    assert label_of(Path("train/cat/a.jpg"), True) == "cat"
-    assert label_of(Path("test/dog/b.jpg"), True) == "dog"
-    assert label_of(Path("train/a.jpg"), True) is None
-    assert label_of(Path("extra/cat/a.jpg"), True) is None
-    assert label_of(Path("cat/a.jpg"), False) == "cat"
+    image = np.zeros((8, 8, 3), np.uint8)
+    for name in ["train/cat/a.png", "train/cat/b.png", "test/dog/c.png", "val/dog/d.png"]:
+        cvprep.write_image(tmp_path / name, image)
+    cvprep.write_image(tmp_path / "loose.png", image)
+    collector = labels.LabelCollector(LabelCheck(folds=2), open_source(tmp_path).files)
+    assert collector.labels == {
+        "train/cat/a.png": "cat",
+        "train/cat/b.png": "cat",
+        "test/dog/c.png": "dog",
+        "val/dog/d.png": "dog",
+    }
+    assert "split folder: train, val and test checked together" in collector.notes
 
 
 def test_bad_settings_are_named():
@@ -194,7 +200,7 @@ def test_cli_finds_planted_flips_and_split_leaves_them_out(tmp_path, small_cnn):
     assert result.exit_code == 1, result.output
     as_json = json.loads(result.stdout)
     assert {r["path"] for r in as_json if r["issue"] == "label_issue"} == flipped
-    assert [r["issue"] for r in as_json if r["path"] == "red/broken.png"] == ["unreadable"]
+    assert [r["issue"] for r in as_json if r["path"] == "red/broken.png"] == ["not_image"]
     with report.open() as handle:
         rows = [row for row in csv.DictReader(handle) if row["issue"] == "label_issue"]
     assert {row["path"] for row in rows} == flipped
@@ -207,7 +213,7 @@ def test_cli_finds_planted_flips_and_split_leaves_them_out(tmp_path, small_cnn):
     assert "label check: a small CNN trained per fold (12 epochs, 32 px), 2 folds over 32" in text
     split = dataset.split(photos, tmp_path / "data", exclude=f"{report}:label_issue", workers=0)
     assert set(split.to_dict()["excluded"]) == flipped
-    assert {r.path for r in split.rejected} == {"red/broken.png"}
+    assert set(split.rejected) == {"red/broken.png"}
     assert not any((tmp_path / "data").rglob(Path(flipped.pop()).name))
 
 
@@ -266,9 +272,9 @@ def test_mobilenet_features_find_flips_in_a_split_folder_of_real_photos(tmp_path
     ranked = [f.path for f in found]
     # Measured: the three flips (scores 0.62–0.73) and three cats the 48-photo models doubt
     # (0.52–0.66); on 2,000 photos precision is about 0.8 (README).
-    assert flipped <= set(ranked) and len(ranked) <= 2 * len(flipped), result.labels
+    assert flipped <= set(ranked) and len(ranked) <= 2 * len(flipped), result.label_check
     assert ranked[0] in flipped
     assert all(f.cls == f.path.split("/")[1] for f in found)
-    assert result.labels is not None and result.labels.files == 60
-    assert result.labels.accuracy > 0.8
-    assert "split folder: train, val and test checked together" in result.labels.notes
+    assert result.label_check is not None and result.label_check.files == 60
+    assert result.label_check.accuracy > 0.8
+    assert "split folder: train, val and test checked together" in result.label_check.notes

@@ -43,9 +43,8 @@ import numpy.typing as npt
 from cvprep import ops
 from cvprep.dataset.confident import METHODS, Method, find_label_issues
 from cvprep.dataset.results import NoProgress, Progress
-from cvprep.dataset.split import SPLIT_NAMES
+from cvprep.dataset.sources import SourceFile
 from cvprep.errors import CvprepError, ParameterError
-from cvprep.files import class_of
 
 if TYPE_CHECKING:
     from cvprep.dataset.label_models import BackboneFeatures
@@ -221,21 +220,6 @@ class LabelCheckResult:
 
 
 # --------------------------------------------------------------------------- files and classes
-def is_split_folder(root: Path) -> bool:
-    """A folder with ``train/`` (and perhaps ``val/``, ``test/``), as ``cvprep split`` writes."""
-    return (root / "train").is_dir()
-
-
-def label_of(relative: Path, split_folder: bool) -> str | None:
-    """The class of a file: its first folder, or its second in a split folder (files outside
-    ``train/val/test`` or outside a class folder have none)."""
-    if not split_folder:
-        return class_of(relative)
-    if len(relative.parts) < 3 or relative.parts[0] not in SPLIT_NAMES:
-        return None
-    return relative.parts[1]
-
-
 def check_classes(labels: Iterable[str], folds: int, what: str = "files") -> tuple[int, str]:
     """K for these labels, and a note when it had to be reduced; refuses fewer than two
     classes or a class with fewer than two files."""
@@ -277,17 +261,15 @@ class LabelCollector:
     holds features, not pixels; the CNN keeps the small samples to train on.
     """
 
-    def __init__(self, check: LabelCheck, root: Path, files: list[Path]) -> None:
+    def __init__(self, check: LabelCheck, files: Iterable[SourceFile]) -> None:
         self.check = check
-        split_folder = is_split_folder(root)
-        self.labels: dict[str, str] = {}
-        for path in files:
-            label = label_of(path, split_folder)
-            if label is not None:
-                self.labels[str(path)] = label
+        files = list(files)
+        # A file's class is the one its source gives (in a split folder, its second folder);
+        # files without one (top-level files, outside train/val/test) are not checked.
+        self.labels = {file.name: file.cls for file in files if file.cls}
         self.folds, note = check_classes(self.labels.values(), check.folds)
         self.notes = [note] if note else []
-        if split_folder:
+        if any(file.split for file in files):
             self.notes.append("split folder: train, val and test checked together")
         self.features: BackboneFeatures | None = None
         if check.uses_backbone:
