@@ -1,6 +1,6 @@
 """Layer throughput against OpenCV and against TensorFlow/Keras built-ins, same run.
 
-    python benchmarks/layers.py [--batch 32] [--repeats 7] [--size 224]
+    python benchmarks/layers.py [--batch 32] [--repeats 7] [--size 224] [--random-only]
 
 A batch of RGB photos (the dev photos in ../shared/data when present, else the bundled ones)
 resized to SIZE×SIZE. Every rate is images/s, best of ``--repeats``:
@@ -11,8 +11,16 @@ resized to SIZE×SIZE. Every rate is images/s, best of ``--repeats``:
   OpenCV     the ``cvprep.ops`` function in a Python loop over the same images.
 
 Random layers run with ``training=True`` against Keras' own random layers at the same size.
-Also runs against an older cvprep checkout (``PYTHONPATH=old/ python benchmarks/layers.py``):
-layers that do not exist there are skipped.
+Also runs against an older cvprep checkout, alternated with this one in one session (layers
+that do not exist there are skipped)::
+
+    mkdir -p /tmp/bench/old && git archive OLD_COMMIT | tar -x -C /tmp/bench/old
+    ln -s ../keras_layers /tmp/bench/old/cvprep/keras_layers
+    ln -s ../cli /tmp/bench/old/cvprep/cli
+    ln -s "$(realpath ../shared)" /tmp/bench/shared  # the same photos for both
+    cp benchmarks/layers.py /tmp/bench/old/benchmarks/  # this version's options
+    PYTHONPATH=/tmp/bench/old python /tmp/bench/old/benchmarks/layers.py --random-only
+    python benchmarks/layers.py --random-only  # and again, alternating
 """
 
 from __future__ import annotations
@@ -187,6 +195,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--no-xla", action="store_true")
+    parser.add_argument("--random-only", action="store_true", help="only the random layers")
     args = parser.parse_args()
     batch = photos(args.batch, args.size)
     tensor = tf.constant(batch.astype(np.float32))
@@ -196,7 +205,7 @@ def main() -> None:
     )
     columns = f"{'layer':>7s} {'XLA':>7s} {'OpenCV':>7s} {'l/CV':>5s}"
     print(f"{'spec':38s} {columns}  {'built-in':28s} {'img/s':>7s} {'l/b':>5s}")
-    for spec in CASES:
+    for spec in [] if args.random_only else CASES:
         step, layer = Pipeline.parse(spec).steps[0], Pipeline.parse(spec).layers()[0]
         rate = graph_rate(lambda x, layer=layer: layer(x), tensor, args.repeats)
         xla = (

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 import cvprep
-from cvprep.cli.common import emit_json, json_option, ops_option
+from cvprep.cli.common import emit_json, json_option, library_errors, ops_option
 from cvprep.errors import ImageError
 from cvprep.pipeline import OPERATIONS, Pipeline
 
@@ -94,6 +94,7 @@ def ops_command(as_json: bool) -> None:
     help="Cell size in pixels.",
 )
 @click.option("--columns", type=click.IntRange(1, 32), default=4, show_default=True)
+@library_errors
 def preview_command(image: Path, pipeline: Pipeline, output: Path, tile: int, columns: int) -> None:
     """Write a contact sheet of IMAGE after each step of the pipeline.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import sys
@@ -16,10 +15,13 @@ from typing import Any
 
 import click
 
-from cvprep.errors import CvprepError, ParameterError
+from cvprep import params
+from cvprep.dataset import engines
+from cvprep.errors import CvprepError, FileSystemError, ParameterError
+from cvprep.json_text import dumps
 from cvprep.pipeline import Pipeline, SpecError
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+EXIT_REJECTED = 1
 
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 new_dir = click.Path(file_okay=False, path_type=Path)
@@ -62,13 +64,15 @@ def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Valid JSON on stdout: NaN and infinities are ``null``."""
+    click.echo(dumps(data))
 
 
 def library_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     """Turn cvprep's errors into Click's: a bad argument is a usage error (exit 2), anything
-    else cvprep refuses (empty folder, busy output, bad file) exits 1. Other exceptions are
-    bugs and keep their traceback."""
+    else cvprep refuses (empty folder, busy output, bad file, a file-system error such as a
+    read-only or full disk) exits 1 with one line. Other exceptions are bugs and keep their
+    traceback."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -78,8 +82,50 @@ def library_errors(function: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError(str(exc)) from None
         except CvprepError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # the jobs convert their own; this covers the commands' writes
+            raise click.ClickException(str(FileSystemError.from_os_error(exc))) from None
 
     return wrapper
+
+
+class Checked(click.ParamType):
+    """A Click type that converts text with ``base`` and then checks the value with one of
+    :mod:`cvprep.params`' functions: the CLI accepts and refuses exactly what the Python API
+    does, with the same message (as a usage error, exit 2)."""
+
+    def __init__(
+        self, base: click.ParamType, check: Callable[[Any], Any], metavar: str = ""
+    ) -> None:
+        self.base, self.check, self.metavar = base, check, metavar
+        self.name = base.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        value = self.base.convert(value, param, ctx)
+        try:
+            return self.check(value)
+        except ParameterError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+        return self.metavar or None
+
+
+def checked_int(name: str, *, minimum: int | None = None, maximum: int | None = None) -> Checked:
+    return Checked(click.INT, lambda v: params.check_int(name, v, minimum=minimum, maximum=maximum))
+
+
+def checked_float(name: str, **bounds: Any) -> Checked:
+    return Checked(click.FLOAT, lambda v: params.check_number(name, v, **bounds))
+
+
+def seed_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--seed",
+        type=Checked(click.INT, params.check_seed),
+        default=params.DEFAULT_SEED,
+        show_default=True,
+        help=f"Random seed, 0 to {params.MAX_SEED}.",
+    )(function)
 
 
 def echo_table(rows: list[list[Any]], headers: list[str]) -> None:
@@ -162,6 +208,12 @@ def load_tensorflow(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(keras|tensorflow)\b.*")
 
 
-def verbose_flag(ctx: click.Context) -> bool:
-    root = ctx.find_root()
-    return bool(root.obj and root.obj.get("verbose"))
+def workers_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-w",
+        "--workers",
+        type=checked_int("workers", minimum=0, maximum=engines.MAX_WORKERS),
+        default=None,
+        show_default="all cores",
+        help="Parallel workers for the per-image work (0 = all in this process).",
+    )(function)

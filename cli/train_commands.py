@@ -4,7 +4,7 @@ render. TensorFlow is imported quietly (no start-up log lines) unless --verbose.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from cvprep.augmentation import PRESET_NAMES
 from cvprep.cli.app import cli
 from cvprep.cli.common import (
     EXIT_REJECTED,
+    Checked,
     emit_json,
     existing_dir,
     json_option,
@@ -22,8 +23,18 @@ from cvprep.cli.common import (
     new_dir,
     parse_spec,
     quiet_option,
+    seed_option,
+    workers_option,
 )
-from cvprep.training.config import CACHE_MODES, MODELS, RECIPES, RESIZE_MODES
+from cvprep.pipeline import Pipeline
+from cvprep.training.config import (
+    BACKBONES,
+    CACHE_MODES,
+    MODELS,
+    RESIZE_MODES,
+    check_setting,
+    describe_default,
+)
 
 
 def tensorflow_command(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,12 +54,15 @@ def tensorflow_command(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
-def _recipe_help() -> str:
-    cnn, backbone = RECIPES["cnn"], RECIPES["backbone"]
-    return (
-        f"cnn: {cnn.epochs} epochs, lr {cnn.learning_rate:g}, augment {cnn.augment}; backbones: "
-        f"{backbone.epochs} frozen + {backbone.fine_tune_epochs} fine-tuning epochs"
-    )
+def setting_type(name: str, base: click.ParamType) -> Checked:
+    """A Click type that accepts exactly what ``TrainConfig`` accepts for ``name`` (the same
+    check, the same message; exit 2)."""
+    return Checked(base, lambda value: check_setting(name, value))
+
+
+def recipe_default(name: str, what: str = "", models: Sequence[str] = MODELS) -> str:
+    """Help text ending in the recipes' own defaults for ``name``: they cannot drift."""
+    return f"{what} [default: {describe_default(name, models)}]".strip()
 
 
 @cli.command("train")
@@ -62,7 +76,7 @@ def _recipe_help() -> str:
 )
 @click.option(
     "--alpha",
-    type=click.FloatRange(0.1, 1.4),
+    type=setting_type("alpha", click.FLOAT),
     default=1.0,
     show_default=True,
     help="Width multiplier (mobilenet, mobilenet_v2).",
@@ -75,8 +89,8 @@ def _recipe_help() -> str:
 )
 @click.option(
     "--img-size",
-    type=click.IntRange(32, 1024),
-    help="Square input size [default: 150 for cnn/classic, 224 for backbones].",
+    type=setting_type("img_size", click.INT),
+    help=recipe_default("img_size", "Square input size."),
 )
 @click.option(
     "--resize",
@@ -85,58 +99,72 @@ def _recipe_help() -> str:
     show_default=True,
     help="How images of other shapes reach the input size (built into the model).",
 )
-@click.option("--epochs", type=click.IntRange(1), help=f"[default: {_recipe_help()}]")
+@click.option(
+    "--epochs",
+    type=setting_type("epochs", click.INT),
+    help=recipe_default("epochs", "Epochs (backbones: of the head on the frozen backbone)."),
+)
 @click.option(
     "--fine-tune-epochs",
-    type=click.IntRange(0),
-    help="Backbones: epochs with the backbone unfrozen (0 = none) [default: per model].",
+    type=setting_type("fine_tune_epochs", click.INT),
+    help=recipe_default(
+        "fine_tune_epochs", "Backbones: epochs with the backbone unfrozen.", BACKBONES
+    ),
 )
 @click.option(
     "--unfreeze",
-    type=click.IntRange(0),
-    help="Backbone layers to unfreeze for fine-tuning, 0 = all [default: all].",
+    type=setting_type("unfreeze", click.INT),
+    help=recipe_default(
+        "unfreeze", "Backbone layers to unfreeze for fine-tuning, 0 = all.", BACKBONES
+    ),
 )
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option(
+    "--batch-size", type=setting_type("batch_size", click.INT), default=32, show_default=True
+)
 @click.option(
     "--learning-rate",
-    type=click.FloatRange(0, min_open=True),
-    help="Peak learning rate [default: per model].",
+    type=setting_type("learning_rate", click.FLOAT),
+    help=recipe_default("learning_rate", "Peak learning rate."),
 )
 @click.option(
     "--fine-tune-learning-rate",
-    type=click.FloatRange(0, min_open=True),
-    help="Peak learning rate of fine-tuning [default: per model].",
+    type=setting_type("fine_tune_learning_rate", click.FLOAT),
+    help=recipe_default(
+        "fine_tune_learning_rate", "Backbones: peak learning rate of fine-tuning.", BACKBONES
+    ),
 )
 @click.option(
     "--label-smoothing",
-    type=click.FloatRange(0, 1, max_open=True),
-    help="[default: 0.1, classic 0]",
+    type=setting_type("label_smoothing", click.FLOAT),
+    help=recipe_default("label_smoothing"),
 )
 @click.option(
     "--ops",
     "ops_spec",
     metavar="SPEC",
-    default="",
-    callback=lambda c, p, v: parse_spec(c, p, v).to_text() if v else "",
-    help="Extra preprocessing applied while training and built into the model.",
+    default=None,
+    callback=parse_spec,
+    help="Extra preprocessing applied while training and built into the model "
+    "(spec text or a pipeline .json file).",
 )
 @click.option(
     "--augment",
     type=click.Choice(PRESET_NAMES),
-    help="Random transforms while training, the presets of `cvprep augment` "
-    "[default: medium for cnn/classic, light for backbones].",
+    help=recipe_default(
+        "augment", "Random transforms while training, the presets of `cvprep augment`."
+    ),
 )
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=setting_type("val_fraction", click.FLOAT),
     default=0.1,
     show_default=True,
     help="Without DATA/val: the share of train/ held out for validation (test/ is never used).",
 )
-@click.option("--seed", type=int, default=1337, show_default=True)
+@seed_option
 @click.option(
     "--patience",
-    type=click.IntRange(1),
+    type=setting_type("patience", click.INT),
     default=10,
     show_default=True,
     help="Early-stopping patience (epochs without a better validation loss).",
@@ -148,7 +176,7 @@ def _recipe_help() -> str:
     show_default=True,
     help="Decoded images: in memory, in a file in the run folder, or memory when they fit.",
 )
-@click.option("-w", "--workers", type=click.IntRange(0, 512), help="Decoding processes.")
+@workers_option
 @click.option("--distribute", is_flag=True, help="MirroredStrategy over all visible GPUs.")
 @click.option(
     "--coordinator",
@@ -156,8 +184,15 @@ def _recipe_help() -> str:
     default="",
     help="Multi-process data parallelism (JAX backend): address of process 0.",
 )
-@click.option("--num-processes", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--process-id", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--num-processes",
+    type=setting_type("num_processes", click.INT),
+    default=1,
+    show_default=True,
+)
+@click.option(
+    "--process-id", type=setting_type("process_id", click.INT), default=0, show_default=True
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -167,7 +202,9 @@ def _recipe_help() -> str:
 @quiet_option
 @tensorflow_command
 @library_errors
-def train_command(data: Path, out: Path, quiet: bool, ops_spec: str, **options: Any) -> None:
+def train_command(
+    data: Path, out: Path, quiet: bool, ops_spec: Pipeline | None, **options: Any
+) -> None:
     """Train a classifier on DATA (train/, optional val/ and test/, as written by `cvprep split`).
 
     With no other flag, --model cnn and --model mobilenet --alpha 0.25 --weights FILE use
@@ -190,7 +227,7 @@ def train_command(data: Path, out: Path, quiet: bool, ops_spec: str, **options: 
     result = train(
         data,
         out=out,
-        ops=ops_spec,
+        ops=ops_spec or "",
         verbose=0 if quiet else 2,
         log=(lambda _: None) if quiet else click.echo,
         **options,
@@ -244,6 +281,13 @@ def evaluate_command(run: Path, data: Path, tta: bool, as_json: bool) -> None:
             )
         for path, error in metrics["rejected"].items():
             click.echo(f"  rejected {path}: {error}", err=True)
+        if metrics["unknown_classes"]:
+            unknown = ", ".join(f"{c}/ ({n})" for c, n in metrics["unknown_classes"].items())
+            click.echo(
+                f"warning: class folders the model does not know were not scored: {unknown}; "
+                f"the model's classes are {', '.join(metrics['classes'])}",
+                err=True,
+            )
     sys.exit(EXIT_REJECTED if metrics["rejected"] else 0)
 
 

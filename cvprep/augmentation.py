@@ -1,8 +1,9 @@
-"""Augmentation presets: one definition per name, two implementations.
+"""Augmentation presets: one definition per name, and both of its forms, side by side.
 
-``cvprep augment --preset medium`` (offline, albumentations, written to disk) and
-``cvprep train --augment medium`` (online, Keras layers in the input pipeline) apply the same
-transforms with the same ranges: both are built from the :class:`Preset` below.
+``cvprep augment --preset medium`` (offline, albumentations, written to disk:
+:func:`to_albumentations`) and ``cvprep train --augment medium`` (online, Keras layers in the
+input pipeline: :func:`to_keras_layers`) apply the same transforms with the same ranges: both
+are built here from the :class:`Preset` below, and a test holds them to each other.
 """
 
 from __future__ import annotations
@@ -112,3 +113,51 @@ def to_albumentations(preset: Preset) -> Any:
     if preset.noise:
         transforms.append(A.GaussNoise(std_range=(preset.noise, preset.noise), p=1.0))
     return A.Compose(transforms)
+
+
+def to_keras_layers(preset: Preset, seed: int) -> list[Any]:
+    """The preset as random Keras layers applied to whole batches (online augmentation,
+    ``training=True``); the flip is part of the affine warp when there is one."""
+    import keras
+
+    from cvprep import keras_layers as kl
+
+    layers: list[Any] = []
+    if preset.rotation or preset.zoom or preset.shift:
+        layers.append(
+            kl.RandomAffine(
+                preset.rotation,
+                preset.zoom,
+                preset.shift,
+                flip=preset.flip,
+                border="reflect",
+                seed=seed,
+            )
+        )
+    elif preset.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if preset.brightness or preset.contrast:
+        layers.append(kl.RandomBrightnessContrast(preset.brightness, preset.contrast, seed=seed))
+    if preset.blur_probability:
+        layers.append(
+            kl.RandomGaussianBlur(preset.blur_sigma, probability=preset.blur_probability, seed=seed)
+        )
+    if preset.noise:
+        layers.append(_PixelNoise(preset.noise, seed=seed))
+    return layers
+
+
+class _PixelNoise:
+    """Keras' ``GaussianNoise`` (standard deviation as a fraction of 255) on [0, 255] pixels."""
+
+    def __init__(self, stddev: float, seed: int) -> None:
+        import keras
+
+        self.noise = keras.layers.GaussianNoise(stddev, seed=seed)
+        self.stddev = stddev
+
+    def __call__(self, images: Any, training: bool = False) -> Any:
+        import tensorflow as tf  # tf.data runs TensorFlow whatever the Keras backend
+
+        noisy = self.noise(images / 255.0, training=training) * 255.0
+        return tf.clip_by_value(noisy, 0.0, 255.0)

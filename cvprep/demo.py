@@ -65,7 +65,8 @@ def run_demo(
     _command(echo, "evaluate", run, data)
     evaluation = training.evaluate(run, data)
     echo(f"accuracy {evaluation.accuracy:.3f} on {evaluation.metrics['count']} raw test images")
-    examples = sorted((data / "test").rglob("*.jpg"))
+    # Test images of any format that the evaluation could read.
+    examples = sorted(Path(p.path) for p in evaluation.predictions if not p.error)
     examples = examples[:: max(1, len(examples) // 4)][:4]
     _command(echo, "predict", run, *examples)
     for prediction in training.predict(run, examples):

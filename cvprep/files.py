@@ -7,8 +7,8 @@ be followed forever: it is reported as a problem instead, like an unreadable fol
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +36,11 @@ ARTEFACT_NAMES = frozenset(
 class EmptyTreeError(CvprepError):
     """A folder that holds no candidate files (every tree command refuses it)."""
 
-    def __init__(self, folder: str | os.PathLike[str], what: str = "no image files") -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], what: str = "no image files", hint: str = ""
+    ) -> None:
         self.folder = os.fspath(folder)
-        super().__init__(f"{self.folder}: {what} found")
+        super().__init__(f"{self.folder}: {what} found" + (f"; {hint}" if hint else ""))
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,45 @@ def _walk(
             tree.files.append(child)  # a broken link is listed: reading it reports why
 
 
-def iter_files(root: Path) -> Iterator[Path]:
-    """The candidate files under ``root``, relative to it (see :func:`list_tree`)."""
-    yield from list_tree(root).files
-
-
 def class_of(relative: Path) -> str | None:
     """The class of a file in a folder of class subfolders (None for top-level files)."""
     return relative.parts[0] if len(relative.parts) > 1 else None
+
+
+def require_folder(path: str | os.PathLike[str], name: str = "source") -> Path:
+    """``path`` as a ``Path`` when it is an existing folder; else a ``ParameterError`` naming
+    the argument (a job never "succeeds" on a folder that does not exist)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise ParameterError(
+            f"`{name}` should be an existing folder. Received: {name}={os.fspath(path)!r} ({what})"
+        )
+    return folder
+
+
+def check_can_write(path: str | os.PathLike[str]) -> None:
+    """Fail before the work, not after it, when ``path`` (a file or folder to be written)
+    cannot be created: its nearest existing ancestor is a file, or is not writable (a
+    read-only disk, missing permissions). Raises ``OSError`` naming the ancestor, which the
+    job turns into one ``FileSystemError``."""
+    ancestor = Path(os.path.abspath(path))
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == Path(os.path.abspath(path)) and ancestor.is_file():
+        ancestor = ancestor.parent  # an existing file to be replaced: its folder counts
+    if not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(ancestor))
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(ancestor) else errno.EACCES
+        raise OSError(code, os.strerror(code), str(ancestor))
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def check_separate(source: Path, destination: Path) -> None:

@@ -8,19 +8,24 @@ before a single pixel is decoded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
+import re
 import shutil
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from cvprep import params
 from cvprep.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -35,17 +40,7 @@ WRITE_FORMATS = {
     ".tif": "tiff",
     ".tiff": "tiff",
 }
-READ_EXTENSIONS = frozenset(WRITE_FORMATS) | {".jfif", ".jpe", ".gif", ".pgm", ".ppm", ".pbm"}
 
-_SIGNATURES = {
-    b"\xff\xd8\xff": "jpeg",
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"RIFF": "webp",
-    b"BM": "bmp",
-    b"II*\x00": "tiff",
-    b"MM\x00*": "tiff",
-    b"GIF8": "gif",
-}
 _REDUCED_FLAGS = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
     4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -63,6 +58,12 @@ _EXIF_TRANSPOSE = {
 }
 
 ImageArray = npt.NDArray[np.uint8]
+REDUCE_FACTORS = (1, 2, 4, 8)
+
+
+def check_max_pixels(max_pixels: object) -> int | None:
+    """The pixel limit: a positive integer, or ``None`` for none."""
+    return params.check_optional_int("max_pixels", max_pixels, minimum=1)
 
 
 def read_image(
@@ -89,8 +90,9 @@ def read_image(
     max_pixels : int or None
         Refuse images with more pixels (read from the header, before decoding). ``None`` = no limit.
     reduce : {1, 2, 4, 8}
-        Decode at 1/``reduce`` of the size. Much faster for large JPEGs, but not bit-exact
-        compared to decoding fully and resizing.
+        Decode JPEGs at 1/``reduce`` of the size: much faster for large photos, but not
+        bit-exact compared to decoding fully and resizing. Other formats are decoded at full
+        size.
 
     Returns
     -------
@@ -106,16 +108,10 @@ def read_image(
     ValueError
         For invalid arguments.
     """
-    if mode not in ("rgb", "grayscale"):
-        raise ValueError(f"`mode` should be 'rgb' or 'grayscale'. Received: mode={mode!r}")
-    if alpha not in ("drop", "composite"):
-        raise ValueError(f"`alpha` should be 'drop' or 'composite'. Received: alpha={alpha!r}")
-    if reduce not in (1, 2, 4, 8):
-        raise ValueError(f"`reduce` should be 1, 2, 4 or 8. Received: reduce={reduce!r}")
-    if max_pixels is not None and max_pixels < 1:
-        raise ValueError(
-            f"`max_pixels` should be positive or None. Received: max_pixels={max_pixels}"
-        )
+    params.check_choice("mode", mode, ("rgb", "grayscale"))
+    params.check_choice("alpha", alpha, ("drop", "composite"))
+    params.check_choice("reduce", reduce, REDUCE_FACTORS)
+    check_max_pixels(max_pixels)
     name, data = _load_bytes(source)
     header = _read_header(name, data, max_pixels)
     image, is_rgb = _decode(name, data, header, reduce=reduce)
@@ -143,41 +139,79 @@ def _load_bytes(source: str | os.PathLike[str] | bytes) -> tuple[str, bytes]:
 
 
 class _Header:
-    """What Pillow reads from the header without decoding pixels."""
+    """What is known of an image before its pixels are decoded."""
 
     def __init__(
         self,
-        fmt: str | None,
+        fmt: str,
         size: tuple[int, int] | None,
-        pil_mode: str | None,
-        orientation: int,
-        has_alpha: bool,
+        orientation: int = 1,
+        has_alpha: bool = False,
     ) -> None:
-        self.format = fmt
-        self.size = size  # (width, height) as Pillow reports it
-        self.pil_mode = pil_mode
+        self.format = fmt  # the OpenCV decoder that will read it (see _sniff)
+        self.size = size  # (width, height); None only when no pixel limit applies
         self.orientation = orientation
         self.has_alpha = has_alpha
 
 
+# The decoders of OpenCV 5 and the signatures they recognise (their checkSignature), in the
+# order imdecode tries them: what _sniff names here is what OpenCV will decode, so the size
+# checked against the pixel limit is that of the image that will be decoded. A file no
+# entry matches is not decoded at all (OpenCV would refuse it too).
+_SIGNATURES: tuple[tuple[str, str], ...] = (
+    ("bmp", r"BM"),
+    ("jpeg", r"\xff\xd8\xff"),
+    ("png", r"\x89PNG\r\n\x1a\n"),
+    ("tiff", r"II\*\x00|MM\x00\*|II\+\x00|MM\x00\+"),
+    ("webp", r"RIFF....WEBP"),
+    ("avif", r"....ftyp(avif|avis)"),
+    ("jpeg2000", r"\x00\x00\x00\x0cjP  \r\n\x87\n|\xff\x4f\xff\x51"),
+    ("gif", r"GIF8[79]a"),
+    ("hdr", r"#\?(RGBE|RADIANCE)"),
+    ("sunraster", r"\x59\xa6\x6a\x95"),
+    ("pnm", r"P[1-6]\s"),
+    ("pam", r"P7\s"),
+    ("pfm", r"P[Ff]\s"),
+    ("exr", r"\x76\x2f\x31\x01"),
+)
+_SIGNATURE = re.compile(
+    b"|".join(b"(?P<%s>%s)" % (name.encode(), pattern.encode()) for name, pattern in _SIGNATURES),
+    re.DOTALL,
+)
+# Formats whose header Pillow reads (restricted to that one plugin: a file is never sized as
+# one format and decoded as another). HDR, PAM and PFM headers are read here; EXR is refused
+# when a pixel limit applies (cvprep cannot size it, and OpenCV is usually built without it).
+_PILLOW_FORMATS = {
+    "bmp": "BMP",
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "tiff": "TIFF",
+    "webp": "WEBP",
+    "avif": "AVIF",
+    "jpeg2000": "JPEG2000",
+    "gif": "GIF",
+    "sunraster": "SUN",
+    "pnm": "PPM",
+}
+_PILLOW_UNLIMITED = threading.Lock()
+
+
 def _sniff(data: bytes) -> str | None:
-    for signature, fmt in _SIGNATURES.items():
-        if data.startswith(signature):
-            if fmt == "webp" and data[8:12] != b"WEBP":
-                continue
-            return fmt
-    return None
+    match = _SIGNATURE.match(data[:16])
+    return match.lastgroup if match else None
 
 
 def _read_header(name: str, data: bytes, max_pixels: int | None) -> _Header:
+    """The format and size of an image; refuses it before decoding when it is too large
+    (every format OpenCV decodes is sized first) or visibly truncated."""
     fmt = _sniff(data)
-    size = _jpeg_size(data) if fmt == "jpeg" else None
-    if size is not None:
-        # A JPEG has no alpha and OpenCV applies its EXIF orientation: the size (for the
-        # pixel limit) is all that is needed, and reading it here is cheaper than Pillow.
-        header = _Header(fmt, size, None, 1, False)
-    else:
-        header = _pillow_header(name, data, fmt)
+    if fmt is None:
+        raise ImageError(name, "not_image", "not an image (unknown or unsupported format)")
+    if fmt == "jpeg" and _jpeg_is_truncated(data):
+        raise ImageError(name, "truncated", "JPEG data is truncated (no end-of-image marker)")
+    if fmt == "png" and b"IEND" not in data[-64:]:
+        raise ImageError(name, "truncated", "PNG data is truncated (no IEND chunk)")
+    header = _header_of(name, data, fmt, max_pixels)
     if header.size is not None and max_pixels is not None:
         width, height = header.size
         if width * height > max_pixels:
@@ -187,26 +221,107 @@ def _read_header(name: str, data: bytes, max_pixels: int | None) -> _Header:
                 f"{width}×{height} = {width * height:,} pixels exceeds the limit "
                 f"of {max_pixels:,} (max_pixels)",
             )
-    if header.format == "jpeg" and _jpeg_is_truncated(data):
-        raise ImageError(name, "truncated", "JPEG data is truncated (no end-of-image marker)")
-    if header.format == "png" and b"IEND" not in data[-64:]:
-        raise ImageError(name, "truncated", "PNG data is truncated (no IEND chunk)")
     return header
 
 
-def _pillow_header(name: str, data: bytes, fmt: str | None) -> _Header:
+def _header_of(name: str, data: bytes, fmt: str, max_pixels: int | None) -> _Header:
+    if fmt == "jpeg":
+        size = _jpeg_size(data)
+        if size is not None:
+            # A JPEG has no alpha and OpenCV applies its EXIF orientation: the size (for the
+            # pixel limit) is all that is needed, and reading it here is cheaper than Pillow.
+            return _Header(fmt, size)
+    if fmt in _TEXT_HEADERS:
+        size = _TEXT_HEADERS[fmt](data)
+        if size is None:
+            raise ImageError(name, "unreadable", f"{fmt.upper()} header is corrupt (no size)")
+        return _Header(fmt, size)
+    if fmt in _PILLOW_FORMATS:
+        return _pillow_header(name, data, fmt, max_pixels)
+    if max_pixels is not None:
+        raise ImageError(
+            name,
+            "not_image",
+            f"{fmt.upper()} images are not supported (their size cannot be checked against "
+            "max_pixels before decoding)",
+        )
+    return _Header(fmt, None)
+
+
+def _pillow_header(name: str, data: bytes, fmt: str, max_pixels: int | None) -> _Header:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            pil = Image.open(io.BytesIO(data))
+        try:
+            pil = _pillow_open(data, _PILLOW_FORMATS[fmt])
+        except Image.DecompressionBombError:
+            # Pillow refuses more than 2 × Image.MAX_IMAGE_PIXELS by itself: that proves
+            # "too large" only for a stricter cvprep limit; a larger one must be honoured.
+            pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+            if max_pixels is not None and max_pixels <= pillow_limit:
+                raise ImageError(
+                    name,
+                    "too_large",
+                    f"more than {pillow_limit:,} pixels exceeds the limit of {max_pixels:,} "
+                    "(max_pixels)",
+                ) from None
+            with _PILLOW_UNLIMITED:
+                limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    pil = _pillow_open(data, _PILLOW_FORMATS[fmt])
+                finally:
+                    Image.MAX_IMAGE_PIXELS = limit
         orientation = int(pil.getexif().get(0x0112, 1) or 1)
         has_alpha = "A" in pil.getbands() or "transparency" in pil.info
-        return _Header(fmt or pil.format, pil.size, pil.mode, orientation, has_alpha)
+        return _Header(fmt, pil.size, orientation, has_alpha)
     except Image.DecompressionBombError as exc:
         raise ImageError(name, "too_large", f"image is far too large to decode ({exc})") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        # Pillow does not know every format OpenCV decodes: let the decoder have the last word.
-        return _Header(fmt, None, None, 1, False)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(
+            name, "unreadable", f"{fmt.upper()} header is corrupt ({exc or type(exc).__name__})"
+        ) from exc
+
+
+def _pillow_open(data: bytes, pillow_format: str) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=[pillow_format])
+
+
+def _text_fields(data: bytes, count: int) -> list[bytes]:
+    """The first ``count`` whitespace-separated fields of a text header (PNM-style comments
+    skipped)."""
+    head = re.sub(rb"#[^\n]*", b" ", data[:4096])
+    return head.split(maxsplit=count)[:count]
+
+
+def _pfm_size(data: bytes) -> tuple[int, int] | None:
+    fields = _text_fields(data, 3)  # "PF", width, height
+    return _positive(fields[1:3]) if len(fields) == 3 else None
+
+
+def _pam_size(data: bytes) -> tuple[int, int] | None:
+    head = re.sub(rb"#[^\n]*", b"", data[: data.find(b"ENDHDR") if b"ENDHDR" in data else 4096])
+    width, height = re.search(rb"WIDTH\s+(\d+)", head), re.search(rb"HEIGHT\s+(\d+)", head)
+    return _positive([width.group(1), height.group(1)]) if width and height else None
+
+
+def _hdr_size(data: bytes) -> tuple[int, int] | None:
+    # Radiance: text lines, an empty line, then e.g. "-Y 480 +X 640" (any axis order).
+    match = re.search(rb"\n\n([-+])([XY]) (\d+) ([-+])([XY]) (\d+)", data[:65536])
+    if match is None or match.group(2) == match.group(5):
+        return None
+    first, second = int(match.group(3)), int(match.group(6))
+    return _positive([second, first] if match.group(2) == b"Y" else [first, second])
+
+
+def _positive(values: list[Any]) -> tuple[int, int] | None:
+    try:
+        width, height = (int(v) for v in values)
+    except ValueError:
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
+_TEXT_HEADERS = {"hdr": _hdr_size, "pfm": _pfm_size, "pam": _pam_size}
 
 
 # Start-of-frame markers (baseline, progressive, lossless, ...), not DHT/JPG/DAC (C4, C8, CC).
@@ -253,12 +368,15 @@ def _decode(name: str, data: bytes, header: _Header, *, reduce: int) -> tuple[np
     """The decoded pixels, and whether OpenCV already delivered them as 8-bit RGB."""
     buffer = np.frombuffer(data, np.uint8)
     keep_alpha = header.has_alpha
+    # Only libjpeg decodes at a reduced scale; OpenCV's reduced flags would shrink other
+    # formats after a full decode (and fail on 1-pixel images): they are read at full size.
+    reduce = reduce if header.format == "jpeg" else 1
     # A JPEG is 8-bit without alpha: the decoder can write RGB itself (gray and CMYK
     # converted, EXIF orientation applied), which saves a full-size conversion pass.
-    direct_rgb = header.format == "jpeg" and reduce == 1 and not keep_alpha
+    direct_rgb = header.format == "jpeg" and reduce == 1
     if direct_rgb:
         flags = cv2.IMREAD_COLOR_RGB
-    elif reduce > 1 and not keep_alpha:
+    elif reduce > 1:
         flags = _REDUCED_FLAGS[reduce]
     elif keep_alpha:
         flags = cv2.IMREAD_UNCHANGED  # keeps alpha; EXIF orientation is applied below
@@ -269,19 +387,11 @@ def _decode(name: str, data: bytes, header: _Header, *, reduce: int) -> tuple[np
     except cv2.error as exc:
         raise ImageError(name, "unreadable", f"decoder failed: {exc.err or exc}") from exc
     if image is None or image.size == 0:
-        if header.format is None:
-            raise ImageError(name, "not_image", "not an image (unknown or unsupported format)")
         raise ImageError(
             name, "unreadable", f"{header.format.upper()} data is corrupt (the decoder rejected it)"
         )
     if keep_alpha:
         image = _apply_orientation(image, header.orientation)
-    if reduce > 1 and keep_alpha:
-        image = cv2.resize(
-            image,
-            (max(1, image.shape[1] // reduce), max(1, image.shape[0] // reduce)),
-            interpolation=cv2.INTER_AREA,
-        )
     return image, direct_rgb
 
 
@@ -327,6 +437,12 @@ def _rescale_depth(image: np.ndarray) -> ImageArray:
     info = np.iinfo(image.dtype)
     scaled = (image.astype(np.float64) - info.min) / (info.max - info.min) * 255.0
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def writable_name(path: Path) -> Path:
+    """``path`` when cvprep writes its format (by extension), else the same name as PNG
+    (lossless): a GIF, PPM or ``.jfif`` input gets a ``.png`` output."""
+    return path if path.suffix.lower() in WRITE_FORMATS else path.with_suffix(".png")
 
 
 def encode_image(image: npt.ArrayLike, extension: str, *, quality: int | None = None) -> bytes:
@@ -384,35 +500,73 @@ def write_image(
 
 def _temporary_beside(target: Path) -> tuple[int, str]:
     """A new temporary file in ``target``'s folder, creating the folder only when missing
-    (not one ``mkdir`` call per file written)."""
+    (not one ``mkdir`` call per file written), with the permissions of a normal new file."""
     try:
-        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     except FileNotFoundError:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    # mkstemp makes the file private (0600); a file written normally gets 0666 minus the
+    # umask, so that other users or a serving process can read what cvprep wrote.
+    with contextlib.suppress(OSError, AttributeError):
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: setting it to read it is not thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _named_after(target: Path) -> Iterator[None]:
+    """An ``OSError`` of a write names the file being written, not its temporary file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and os.fspath(exc.filename) == os.fspath(target):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(target)) from exc
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` via a temporary file and ``os.replace``."""
-    fd, tmp = _temporary_beside(target)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``target`` via a temporary file and ``os.replace``.
+
+    A reader (or an interrupted run) never sees a half-written file; the file gets the
+    permissions of a normal new file (0666 minus the umask). An ``OSError`` names ``target``.
+    """
+    with _named_after(target):
+        fd, tmp = _temporary_beside(target)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def copy_atomic(source: Path, target: Path) -> None:
-    """Copy a file (with its metadata) via a temporary file and ``os.replace``."""
-    fd, tmp = _temporary_beside(target)
-    os.close(fd)
-    try:
-        shutil.copy2(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Copy a file via a temporary file and ``os.replace``, keeping its modification time
+    (``inspect`` takes the older of two copies for the original); the copy gets the
+    permissions of a normal new file, as :func:`atomic_write_bytes`."""
+    with _named_after(target):
+        fd, tmp = _temporary_beside(target)
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            info = os.stat(source)
+            os.utime(tmp, ns=(info.st_atime_ns, info.st_mtime_ns))
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

@@ -22,6 +22,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from cvprep import params
+from cvprep.params import fail as _fail
+
 Interpolation = Literal["nearest", "linear", "area", "cubic"]
 FitMode = Literal["stretch", "pad", "crop"]
 BorderMode = Literal["constant", "replicate", "reflect", "reflect101", "wrap"]
@@ -40,20 +43,18 @@ BORDERS: dict[str, int] = {
     "reflect101": cv2.BORDER_REFLECT_101,
     "wrap": cv2.BORDER_WRAP,
 }
-FLOAT_DTYPES = (np.float32, np.float64)
 
 Image = npt.NDArray[Any]
 
 
 # --------------------------------------------------------------------------- validation
-def _fail(name: str, expectation: str, value: object) -> ValueError:
-    return ValueError(f"`{name}` should be {expectation}. Received: {name}={value!r}")
+MAX_OUTPUT_PIXELS = 100_000_000
+"""The largest image an operation may produce (the reader's default pixel limit): a
+``resize=100000x100000`` step is refused when parsed, not after allocating 30 GB."""
 
 
 def _check_choice(name: str, value: object, choices: Any) -> str:
-    if value not in choices:
-        raise _fail(name, "one of " + ", ".join(repr(c) for c in choices), value)
-    return str(value)
+    return str(params.check_choice(name, value, choices))
 
 
 def _check_number(
@@ -64,16 +65,9 @@ def _check_number(
     exclusive: bool = False,
     integer: bool = False,
 ) -> Any:
-    ok_type = (
-        isinstance(value, int | np.integer)
-        if integer
-        else isinstance(value, int | float | np.integer | np.floating)
-    )
-    if isinstance(value, bool) or not ok_type or not math.isfinite(float(value)):
-        raise _fail(name, "an integer" if integer else "a finite number", value)
-    if minimum is not None and (value <= minimum if exclusive else value < minimum):
-        raise _fail(name, f"{'>' if exclusive else '>='} {minimum}", value)
-    return int(value) if integer else float(value)
+    if integer:
+        return params.check_int(name, value, minimum=None if minimum is None else int(minimum))
+    return params.check_number(name, value, minimum=minimum, min_open=exclusive)
 
 
 def check_size(size: object, name: str = "size") -> tuple[int, int]:
@@ -127,8 +121,15 @@ def fill_for_channels(fill: tuple[float, ...], channels: int) -> tuple[float, ..
 def check_resize(
     size: object, *, interpolation: str = "area", fit: str = "stretch", fill: object = 0
 ) -> dict[str, Any]:
+    height, width = check_size(size)
+    if height * width > MAX_OUTPUT_PIXELS:
+        raise _fail(
+            "size",
+            f"at most {MAX_OUTPUT_PIXELS:,} pixels (height × width)",
+            f"{height}x{width}",
+        )
     return {
-        "size": check_size(size),
+        "size": (height, width),
         "interpolation": _check_choice("interpolation", interpolation, INTERPOLATIONS),
         "fit": _check_choice("fit", fit, FIT_MODES),
         "fill": check_fill(fill),

@@ -27,12 +27,13 @@ import numpy as np
 import numpy.typing as npt
 
 from cvprep import ops
+from cvprep.errors import ParameterError
 
 SPEC_VERSION = 1
 
 
-class SpecError(ValueError):
-    """A pipeline spec that cannot be parsed or has an invalid step."""
+class SpecError(ParameterError):
+    """A pipeline spec that cannot be parsed or has an invalid step (a ``ValueError``)."""
 
 
 # --------------------------------------------------------------------------- value codecs
@@ -357,23 +358,27 @@ class Pipeline:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Pipeline:
-        if "steps" not in data:
-            raise SpecError("pipeline JSON has no 'steps'")
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+            raise SpecError("pipeline JSON should be an object with a list of 'steps'")
         steps = []
         for index, entry in enumerate(data["steps"], start=1):
-            params = {
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in entry.get("params", {}).items()
-            }
             try:
+                params = {
+                    k: tuple(v) if isinstance(v, list) else v
+                    for k, v in entry.get("params", {}).items()
+                }
                 steps.append(make_step(entry["op"], **params))
-            except (ValueError, KeyError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise SpecError(f"step {index} of the pipeline JSON: {exc}") from None
         return cls(steps)
 
     @classmethod
     def from_json(cls, text: str) -> Pipeline:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except ValueError as exc:  # JSONDecodeError, or text that is not UTF-8
+            raise SpecError(f"pipeline JSON cannot be read: {exc}") from None
+        return cls.from_dict(data)
 
     def apply(self, image: npt.ArrayLike) -> np.ndarray:
         """Run every step on ``image`` (RGB or single-channel) and return the result."""

@@ -81,10 +81,11 @@ def preview_pipeline(
 
 
 def write_thumbnail(
-    source: str | os.PathLike[str], target: str | os.PathLike[str], side: int
+    source: str | os.PathLike[str] | bytes, target: str | os.PathLike[str], side: int
 ) -> bool:
-    """A JPEG copy of ``source`` whose longer side is at most ``side`` pixels (never enlarged),
-    written atomically; False, and nothing written, when ``source`` cannot be read."""
+    """A JPEG copy of ``source`` (a file, or an image's bytes) whose longer side is at most
+    ``side`` pixels (never enlarged), written atomically; False, and nothing written, when
+    ``source`` cannot be read."""
     try:
         image = read_image(source)
     except ImageError:

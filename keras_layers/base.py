@@ -1,9 +1,8 @@
 """What every cvprep layer shares: backend switching, batching, border index maps.
 
-The layers build on Keras' private ``DataLayer`` (keras/src/layers/preprocessing/data_layer.py):
-it makes ``self.backend`` the TensorFlow backend while tracing inside ``tf.data`` and the
+The layers build on Keras' ``DataLayer`` (private: reached through :mod:`.compat` only): it
+makes ``self.backend`` the TensorFlow backend while tracing inside ``tf.data`` and the
 configured backend (TensorFlow or JAX) elsewhere. ``call`` must use ``self.backend`` ops only.
-The Keras version range in pyproject.toml is the one this was tested with.
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ import functools
 from typing import Any
 
 import keras
-from keras.src.layers.preprocessing.data_layer import DataLayer
+
+from cvprep.keras_layers.compat import DataLayer, seed_generator
 
 PACKAGE = "cvprep"
 
@@ -35,16 +35,24 @@ class ImageLayer(DataLayer):
         self._allow_non_tensor_positional_args = True
 
     def call(self, inputs: Any) -> Any:
+        return self._per_batch(inputs, self.transform)
+
+    def _per_batch(self, inputs: Any, function: Any) -> Any:
+        """``function`` on ``inputs`` as a float32 ``B×H×W×C`` batch; the batch axis is
+        removed again when ``inputs`` had none."""
+        images, unbatched = self._as_batch(inputs)
+        outputs = function(images)
+        return self.backend.numpy.squeeze(outputs, 0) if unbatched else outputs
+
+    def _as_batch(self, inputs: Any) -> tuple[Any, bool]:
+        """``inputs`` as a float32 batch, and whether they had no batch axis."""
         b = self.backend
         tensor = b.convert_to_tensor(inputs)
         # uint8 input needs no rounding or clipping before integer-exact arithmetic.
         self._whole_input = "int" in keras.backend.standardize_dtype(tensor.dtype)
         images = b.cast(tensor, "float32")
         unbatched = len(images.shape) == 3
-        if unbatched:
-            images = b.numpy.expand_dims(images, 0)
-        outputs = self.transform(images)
-        return b.numpy.squeeze(outputs, 0) if unbatched else outputs
+        return (b.numpy.expand_dims(images, 0) if unbatched else images), unbatched
 
     def transform(self, images: Any) -> Any:
         raise NotImplementedError
@@ -92,17 +100,55 @@ class RandomImageLayer(ImageLayer):
 
     ``training=None`` counts as inference, because ``model.export()`` and ``predict`` call the
     model without ``training=False``: exported models must pass images through unchanged.
+
+    As in Keras' own random layers, drawing the random parameters of a batch is separate from
+    applying them: :meth:`get_random_transformation` returns a dict of tensors with one value
+    per image, and :meth:`transform_images` applies such a dict, so a draw can be inspected,
+    replayed on other images, or written by hand. Subclasses implement ``_draw(images, seed)``
+    and ``_apply(images, transformation)`` on float32 ``B×H×W×C`` batches.
     """
 
     def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.seed = seed
-        self.generator = seed_generator(seed)  # DataLayer._get_seed_generator expects these
+        self.generator = make_seed_generator(seed)  # DataLayer's seed lookup expects both
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         if not training:
             return self.backend.cast(self.backend.convert_to_tensor(inputs), "float32")
         return super().call(inputs)
+
+    def transform(self, images: Any) -> Any:
+        return self._apply(images, self._draw(images, seed_generator(self)))
+
+    def get_random_transformation(
+        self, data: Any, training: bool = True, seed: int | None = None
+    ) -> dict[str, Any] | None:
+        """The random parameters for the images ``data`` (``H×W×C`` or ``B×H×W×C``): one
+        value per image under each key; ``None`` when not ``training``.
+
+        ``seed``: ``None`` draws from the layer's own generator (the next draw, as a call
+        would); a number gives the draw of a generator seeded with it.
+        """
+        if not training:
+            return None
+        generator = seed_generator(self) if seed is None else make_seed_generator(seed)
+        return self._draw(self._as_batch(data)[0], generator)
+
+    def transform_images(
+        self, images: Any, transformation: dict[str, Any] | None, training: bool = True
+    ) -> Any:
+        """``images`` (``H×W×C`` or ``B×H×W×C``) with ``transformation`` applied, as float32;
+        unchanged when not ``training`` or without a transformation."""
+        if not training or transformation is None:
+            return self.backend.cast(self.backend.convert_to_tensor(images), "float32")
+        return self._per_batch(images, lambda batch: self._apply(batch, transformation))
+
+    def _draw(self, images: Any, seed: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _apply(self, images: Any, transformation: dict[str, Any]) -> Any:
+        raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}
@@ -225,7 +271,7 @@ def mix_channels(b: Any, images: Any, matrix: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- random layers
-def seed_generator(seed: int | None) -> Any:
+def make_seed_generator(seed: int | None) -> Any:
     return keras.random.SeedGenerator(seed)
 
 

@@ -289,12 +289,21 @@ class RandomBrightnessContrast(RandomImageLayer):
         self.brightness = check_range("brightness", brightness, around=1.0, minimum=0.0)
         self.contrast = check_range("contrast", contrast, around=1.0, minimum=0.0)
 
-    def transform(self, images: Any) -> Any:
+    def _draw(self, images: Any, seed: Any) -> dict[str, Any]:
+        """``brightness`` and ``contrast`` factors, one of each per image."""
         b = self.backend
         shape = (b.shape(images)[0], 1, 1, 1)
-        seed = self._get_seed_generator(b._backend)
         brightness = b.random.uniform(shape, *self.brightness, seed=seed)
         contrast = b.random.uniform(shape, *self.contrast, seed=seed)
+        return {
+            "brightness": b.numpy.reshape(brightness, (-1,)),
+            "contrast": b.numpy.reshape(contrast, (-1,)),
+        }
+
+    def _apply(self, images: Any, transformation: dict[str, Any]) -> Any:
+        b = self.backend
+        brightness = b.numpy.reshape(b.cast(transformation["brightness"], "float32"), (-1, 1, 1, 1))
+        contrast = b.numpy.reshape(b.cast(transformation["contrast"], "float32"), (-1, 1, 1, 1))
         images = b.numpy.clip(images * brightness, 0.0, 255.0)
         gray = images if images.shape[-1] == 1 else luma_fixed_point(b, images[..., :3])
         mean = b.numpy.mean(gray, axis=(1, 2, 3), keepdims=True)

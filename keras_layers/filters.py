@@ -101,13 +101,19 @@ class RandomGaussianBlur(RandomImageLayer):
         self.probability = check_probability(probability)
         self._radius = ops.gaussian_ksize_for_sigma(high) // 2
 
-    def transform(self, images: Any) -> Any:
+    def _draw(self, images: Any, seed: Any) -> dict[str, Any]:
+        """``sigma`` (float) and ``apply`` (bool): one of each per image."""
         b = self.backend
         batch = b.shape(images)[0]
-        seed = self._get_seed_generator(b._backend)
         low, high = self.sigma_range
         sigma = b.random.uniform((batch, 1), minval=max(low, 1e-3), maxval=high, seed=seed)
         apply = b.random.uniform((batch, 1, 1, 1), seed=seed) < self.probability
+        return {"sigma": b.numpy.reshape(sigma, (-1,)), "apply": b.numpy.reshape(apply, (-1,))}
+
+    def _apply(self, images: Any, transformation: dict[str, Any]) -> Any:
+        b = self.backend
+        sigma = b.numpy.reshape(b.cast(transformation["sigma"], "float32"), (-1, 1))
+        apply = b.numpy.reshape(transformation["apply"], (-1, 1, 1, 1))
         offsets = b.cast(b.numpy.arange(-self._radius, self._radius + 1), "float32")[None, :]
         kernels = b.numpy.exp(-(offsets**2) / (2.0 * sigma**2))
         kernels = kernels / b.numpy.sum(kernels, axis=1, keepdims=True)

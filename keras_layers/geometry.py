@@ -504,11 +504,10 @@ class _RandomWarp(RandomImageLayer):
             params["fill"],
         )
 
-    def _uniform(self, batch: Any, low: float, high: float) -> Any:
+    def _uniform(self, batch: Any, low: float, high: float, seed: Any) -> Any:
         b = self.backend
         if low == high:
             return b.numpy.full((batch,), low, dtype="float32")
-        seed = self._get_seed_generator(b._backend)
         return b.random.uniform((batch,), minval=low, maxval=high, seed=seed)
 
     def _sample(self, images: Any, inverse: Any) -> Any:
@@ -554,11 +553,14 @@ class RandomRotation(_RandomWarp):
         super().__init__(interpolation, border, fill, seed, **kwargs)
         self.angle_range = check_range("angle_range", angle_range)
 
-    def transform(self, images: Any) -> Any:
+    def _draw(self, images: Any, seed: Any) -> dict[str, Any]:
+        """``angle``: degrees, counter-clockwise, one per image."""
+        return {"angle": self._uniform(self.backend.shape(images)[0], *self.angle_range, seed)}
+
+    def _apply(self, images: Any, transformation: dict[str, Any]) -> Any:
         b = self.backend
         height, width = dims(b, images)
-        batch = b.shape(images)[0]
-        angles = self._uniform(batch, *self.angle_range)
+        angles = b.cast(transformation["angle"], "float32")
         ones = b.numpy.ones_like(angles)
         zeros = b.numpy.zeros_like(angles)
         return self._sample(images, affine_inverse(b, angles, ones, zeros, zeros, height, width))
@@ -599,17 +601,31 @@ class RandomAffine(_RandomWarp):
             raise ValueError(f"`flip` should be True or False. Received: flip={flip!r}")
         self.flip = flip
 
-    def transform(self, images: Any) -> Any:
+    def _draw(self, images: Any, seed: Any) -> dict[str, Any]:
+        """One value per image: ``angle`` (degrees), ``scale``, ``shift_x`` and ``shift_y``
+        (fractions of the width and height), and ``flip`` (bool) when the layer flips."""
+        batch = self.backend.shape(images)[0]
+        transformation = {
+            "angle": self._uniform(batch, *self.rotation, seed),
+            "scale": self._uniform(batch, *self.zoom, seed),
+            "shift_x": self._uniform(batch, *self.shift, seed),
+            "shift_y": self._uniform(batch, *self.shift, seed),
+        }
+        if self.flip:
+            transformation["flip"] = self._uniform(batch, 0.0, 1.0, seed) < 0.5
+        return transformation
+
+    def _apply(self, images: Any, transformation: dict[str, Any]) -> Any:
         b = self.backend
         height, width = dims(b, images)
-        batch = b.shape(images)[0]
-        angles = self._uniform(batch, *self.rotation)
-        scales = self._uniform(batch, *self.zoom)
-        shift_x = self._uniform(batch, *self.shift) * _as_float(b, width)
-        shift_y = self._uniform(batch, *self.shift) * _as_float(b, height)
+        angles, scales, shift_x, shift_y = (
+            b.cast(transformation[key], "float32")
+            for key in ("angle", "scale", "shift_x", "shift_y")
+        )
+        shift_x, shift_y = shift_x * _as_float(b, width), shift_y * _as_float(b, height)
         inverse = affine_inverse(b, angles, scales, shift_x, shift_y, height, width)
-        if self.flip:  # sample x' = W - 1 - x: the source row of the map, negated and moved
-            mirrored = self._uniform(batch, 0.0, 1.0) < 0.5
+        mirrored = transformation.get("flip")
+        if mirrored is not None:  # sample x' = W - 1 - x: the source row, negated and moved
             right = _as_float(b, width) - 1.0
             flipped = b.numpy.stack([-inverse[:, 0], -inverse[:, 1], right - inverse[:, 2]], axis=1)
             inverse = b.numpy.concatenate(

@@ -240,7 +240,9 @@ def test_unfinished_run_with_other_settings_is_refused(shapes, tmp_path):
         "max_pixels": cvprep.io.DEFAULT_MAX_PIXELS,
     }
     write_record(out, "preprocess", settings, status="in progress")
-    cvprep.write_image(out / "round" / "round_000.png", np.zeros((16, 16, 3), np.uint8))
+    finished = cvprep.write_image(out / "round" / "round_000.png", np.zeros((16, 16, 3), np.uint8))
+    source_time = (shapes / "round" / "round_000.png").stat().st_mtime_ns
+    os.utime(finished, ns=(source_time, source_time))  # as preprocess stamps what it wrote
     with pytest.raises(SettingsMismatchError, match="unfinished run with different settings"):
         dataset.preprocess(shapes, out, "resize=20x20", workers=0)
     result = invoke("preprocess", shapes, out, "--ops", "resize=20x20", "-w", "0")
@@ -431,14 +433,13 @@ def test_internal_errors_are_not_relabelled(monkeypatch):
 
 def test_augment_presets_mean_the_same_offline_and_in_training():
     pytest.importorskip("keras")
-    from cvprep.augmentation import get_preset, to_albumentations
+    from cvprep.augmentation import get_preset, to_albumentations, to_keras_layers
     from cvprep.keras_layers import RandomAffine, RandomBrightnessContrast
-    from cvprep.training.data import augmentation_layers
 
     for name in ("light", "medium", "heavy"):
         preset = get_preset(name)
         offline = {type(t).__name__: t for t in to_albumentations(preset).transforms}
-        online = {type(layer).__name__: layer for layer in augmentation_layers(name, seed=1)}
+        online = {type(layer).__name__: layer for layer in to_keras_layers(preset, seed=1)}
         flips_online = "RandomFlip" in online or getattr(online.get("RandomAffine"), "flip", False)
         assert ("HorizontalFlip" in offline) == flips_online == preset.flip
         if "Affine" in offline:

@@ -32,6 +32,7 @@ from cvprep.training.explain import (  # noqa: E402
     top_fraction,
 )
 from cvprep.training.models import build_training_model, wrap_for_raw_images  # noqa: E402
+from cvprep.training.plan import resolve_plan  # noqa: E402
 from cvprep.training.report import MISTAKE_SIDE, _mistakes_html  # noqa: E402
 
 SIZE = 32
@@ -141,23 +142,28 @@ def test_explain_checks_its_arguments(tmp_path):
     ],
 )
 def test_every_model_family_gets_a_heatmap_of_the_image_size(tmp_path, model, size):
+    for cls in ("a", "b", "c"):
+        for index in range(2):
+            cvprep.write_image(
+                tmp_path / "data" / "train" / cls / f"{index}.png", red_square_photo()
+            )
     config = TrainConfig(
-        data=str(tmp_path),
-        out=str(tmp_path),
+        data=str(tmp_path / "data"),
+        out=str(tmp_path / "run"),
         model=model,
         alpha=0.25 if model.startswith("mobilenet") else 1.0,
         weights="none",
         img_size=size,
         resize="pad",
-        classes=["a", "b", "c"],
     )
-    core, base = build_training_model(config, channels=3)
+    plan = resolve_plan(config)
+    core, base = build_training_model(plan)
     feature = _feature_layer(core)
     if base is not None:  # a backbone: its whole nested model is the last 4-D output
         assert feature is base and isinstance(feature, keras.Model)
     else:
         assert len(feature.output.shape) == 4
-    run = Run(tmp_path, wrap_for_raw_images(core, config), config.classes, {})
+    run = Run(tmp_path, wrap_for_raw_images(core, plan), list(plan.classes), {})
     photo = red_square_photo()
     result = explain(run, photo)
     assert result.heatmap.shape == photo.shape[:2]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 
 import cv2
 import numpy as np
@@ -194,3 +196,98 @@ def test_jpeg_size_from_the_header_agrees_with_pillow():
         assert _jpeg_size(data) == Image.open(io.BytesIO(data)).size == (210, 150), name
     assert _jpeg_size(b"\xff\xd8\xff\xda" + b"\x00" * 20) is None  # not plain: Pillow decides
     assert _jpeg_size(b"\xff\xd8" + b"\x00" * 20) is None
+
+
+# Every format this OpenCV build decodes (cv2.getBuildInformation: "Media I/O").
+ENCODABLE = [".png", ".jpg", ".bmp", ".tif", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pam"]
+ENCODABLE += [".pfm", ".hdr", ".ras", ".jp2", ".avif"]
+
+
+def _encoded(extension: str, height: int = 40, width: int = 60) -> bytes:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if extension in (".pfm", ".hdr"):
+        image = image.astype(np.float32) / 255.0
+    elif extension in (".pgm", ".pbm"):
+        image = image[:, :, 0]
+    ok, encoded = cv2.imencode(extension, image)
+    assert ok, extension
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize("extension", ENCODABLE)
+def test_every_readable_format_is_sized_before_decoding(extension):
+    data = _encoded(extension)
+    assert cvprep.read_image(data).shape == (40, 60, 3)
+    with pytest.raises(ImageError) as info:
+        cvprep.read_image(data, max_pixels=2399)
+    assert info.value.kind == "too_large"
+    assert "60×40 = 2,400 pixels" in info.value.reason
+
+
+def test_a_huge_radiance_header_is_refused_without_decoding():
+    # 10,500×10,500 declared, a few bytes of pixels: refused from the header alone.
+    data = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 10500 +X 10500\n" + b"\x02\x02" * 64
+    with pytest.raises(ImageError) as info:
+        cvprep.read_image(data)
+    assert info.value.kind == "too_large" and "10500×10500" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"#?RADIANCE\n\nnot a size\n", b"PF\nwidth height\n-1.0\n", b"P7\nDEPTH 3\nENDHDR\n"],
+)
+def test_text_headers_without_a_size_are_rejected(payload):
+    with pytest.raises(ImageError) as info:
+        cvprep.read_image(payload)
+    assert info.value.kind == "unreadable" and "header" in info.value.reason
+
+
+def test_a_larger_limit_than_pillows_own_is_honoured():
+    # Pillow refuses more than 2 × 89,478,485 pixels by itself; cvprep's limit decides.
+    data = huge_png(15000, 15000)  # 225,000,000 pixels
+    with pytest.raises(ImageError, match="max_pixels"):
+        cvprep.read_image(data)  # the default limit, 100 MP
+    header = cvprep.io._read_header("<bytes>", data, max_pixels=300_000_000)
+    assert header.size == (15000, 15000)
+    from PIL import Image
+
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # restored
+
+
+@pytest.mark.parametrize("size", [(1, 7), (7, 1), (1, 1)])
+def test_one_pixel_wide_images_decode_at_every_reduction(size):
+    image = np.full((*size, 3), 77, np.uint8)
+    for extension in (".png", ".jpg"):
+        data = cvprep.io.encode_image(image, extension)
+        for reduce in (1, 2, 8):
+            assert cvprep.read_image(data, reduce=reduce).shape[2] == 3
+
+
+def test_reduce_applies_to_jpegs_only(photo):
+    png = cvprep.io.encode_image(photo, ".png")
+    assert cvprep.read_image(png, reduce=2).shape == photo.shape
+
+
+def test_written_files_follow_the_umask(tmp_path, photo):
+    previous = os.umask(0o022)
+    cvprep.io._umask.cache_clear()
+    try:
+        written = cvprep.write_image(tmp_path / "a.png", photo[:8, :8])
+        source = tmp_path / "private.bin"
+        source.write_bytes(b"x")
+        source.chmod(0o600)
+        cvprep.io.copy_atomic(source, tmp_path / "copy.bin")
+    finally:
+        os.umask(previous)
+        cvprep.io._umask.cache_clear()
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "copy.bin").stat().st_mode) == 0o644
+
+
+def test_a_write_error_names_the_target_not_its_temporary_file(tmp_path, photo):
+    blocker = tmp_path / "afile.txt"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(OSError) as info:
+        cvprep.write_image(blocker / "sub" / "out.png", photo[:8, :8])
+    assert info.value.filename == str(blocker / "sub" / "out.png")

@@ -297,6 +297,95 @@ def test_data_layer_base_is_available():
     assert all(issubclass(getattr(kl, name), DataLayer) for name in image_layers)
 
 
+def test_every_private_keras_name_exists_and_only_compat_uses_them():
+    import importlib
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from cvprep.keras_layers import compat
+
+    for module, path in compat.PRIVATE_NAMES:
+        value = importlib.import_module(module)
+        for part in path.split("."):
+            value = getattr(value, part)  # AttributeError names what moved
+    # The version range beside them is the one pyproject.toml pins.
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    (pin,) = [d for d in project["project"]["dependencies"] if d.startswith("keras")]
+    (low_major, low_minor), (high_major, high_minor) = compat.KERAS_VERSIONS
+    assert pin.replace(" ", "") == f"keras>={low_major}.{low_minor},<{high_major}.{high_minor}"
+    assert compat.tested_keras()
+    # Nothing else reaches into keras.src or the private seed lookup.
+    root = Path(__file__).parents[1]
+    for source in [*root.glob("keras_layers/*.py"), *root.glob("cvprep/**/*.py")]:
+        if source.name != "compat.py":
+            text = source.read_text()
+            assert not re.search(r"keras\.src|_get_seed_generator|\b_backend\b", text), source
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: kl.RandomRotation(20, seed=1),
+        lambda: kl.RandomAffine(20, 0.2, 0.1, flip=True, seed=1),
+        lambda: kl.RandomBrightnessContrast(0.3, 0.3, seed=1),
+        lambda: kl.RandomGaussianBlur((0.5, 2.0), probability=0.5, seed=1),
+    ],
+)
+def test_a_random_draw_can_be_inspected_and_replayed(factory):
+    """get_random_transformation draws, transform_images applies: a draw replays exactly,
+    a call equals a draw from the same seed applied, and a seeded draw is reproducible."""
+    images = np.random.default_rng(2).integers(0, 256, (5, 24, 32, 3)).astype(np.float32)
+    layer = factory()
+    draw = layer.get_random_transformation(images)
+    assert all(np.asarray(value).shape == (5,) for value in draw.values())
+    once = np.asarray(layer.transform_images(images, draw))
+    np.testing.assert_array_equal(once, np.asarray(layer.transform_images(images, draw)))
+    assert not np.array_equal(once, images)  # the draw changes the images
+    # Single images: the first value of each parameter.
+    first = {key: np.asarray(value)[:1] for key, value in draw.items()}
+    np.testing.assert_array_equal(np.asarray(layer.transform_images(images[0], first)), once[0])
+    # A call draws from the same generator as get_random_transformation would.
+    twin = factory()
+    np.testing.assert_array_equal(
+        np.asarray(twin(images, training=True)),
+        np.asarray(factory().transform_images(images, factory().get_random_transformation(images))),
+    )
+    seeded = [np.asarray(v) for v in layer.get_random_transformation(images, seed=7).values()]
+    again = [np.asarray(v) for v in layer.get_random_transformation(images, seed=7).values()]
+    assert all(np.array_equal(a, b) for a, b in zip(seeded, again, strict=True))
+    assert layer.get_random_transformation(images, training=False) is None
+    np.testing.assert_array_equal(layer.transform_images(images, draw, training=False), images)
+
+
+def test_a_hand_made_draw_is_the_deterministic_operation():
+    image = ops.resize(load_photo("china"), (60, 80))
+    batch = image[None].astype(np.float32)
+    rotation = kl.RandomRotation(30)
+    got = np.asarray(rotation.transform_images(batch, {"angle": np.array([12.0], np.float32)}))
+    want = ops.rotate(image, 12.0, border="reflect")
+    assert np.abs(np.rint(got[0]) - want)[2:-2, 2:-2].max() <= 1
+    affine = kl.RandomAffine(30, 0.2, 0.1, flip=True)
+    keep = {
+        "angle": np.array([0.0], np.float32),
+        "scale": np.array([1.0], np.float32),
+        "shift_x": np.array([0.0], np.float32),
+        "shift_y": np.array([0.0], np.float32),
+    }
+    np.testing.assert_allclose(np.asarray(affine.transform_images(batch, keep)), batch, atol=1e-3)
+    mirrored = np.asarray(affine.transform_images(batch, {**keep, "flip": np.array([True])}))
+    np.testing.assert_allclose(mirrored[0], image[:, ::-1].astype(np.float32), atol=1e-3)
+    colour = kl.RandomBrightnessContrast(0.5, 0.5)
+    same = {"brightness": np.array([1.0], np.float32), "contrast": np.array([1.0], np.float32)}
+    np.testing.assert_allclose(np.asarray(colour.transform_images(batch, same)), batch, atol=1e-4)
+    blur = kl.RandomGaussianBlur((0.1, 3.0))
+    applied = {"sigma": np.array([1.5], np.float32), "apply": np.array([True])}
+    want = ops.gaussian_blur(image, 0, sigma=1.5)
+    got = np.asarray(blur.transform_images(batch, applied))[0]
+    assert got.shape == want.shape  # the layer's kernel is wider than OpenCV's for sigma 1.5
+    assert np.abs(np.rint(got) - want).mean() < 0.5
+
+
 def test_one_number_ranges_follow_keras():
     assert kl.RandomRotation(10).angle_range == kl.RandomRotation(-10).angle_range == (-10, 10)
     assert kl.RandomAffine(rotation=5, zoom=0.2, shift=-0.1).zoom == (0.8, 1.2)

@@ -79,3 +79,30 @@ def test_inspect_and_split_on_ray_match_the_local_engine(tmp_path, local_ray):
     split_ray = dataset.split(source, tmp_path / "ray", seed=3, workers=2, engine="ray")
     assert split_ray.rows == split_local.rows
     assert tree_snapshot(tmp_path / "ray" / "train") == tree_snapshot(tmp_path / "local" / "train")
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_ray_reads_an_archive_like_the_local_engine(tmp_path, local_ray, suffix):
+    """Ray's workers open the zip themselves; a compressed tar's bytes come from the parent."""
+    from cvprep import dataset
+    from tests.test_sources import tarred, zipped
+
+    source = tmp_path / "in"
+    make_messy_folder(source)
+    files = {f"photos/{p.relative_to(source)}": p.read_bytes() for p in source.rglob("*.*")}
+    archive = (zipped if suffix == ".zip" else tarred)(tmp_path / f"photos{suffix}", files)
+    before = archive.read_bytes()
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        result = dataset.preprocess(archive, out, "resize=24x24", engine=engine, workers=2)
+        verified = dataset.verify(archive, engine=engine, workers=2)
+        runs[engine] = (
+            sorted((r.path, r.status, r.kind) for r in result.summary.rejected),
+            sorted((r.path, r.status, r.kind) for r in verified.results),
+        )
+        (out / "cvprep.json").unlink()
+    assert runs["ray"] == runs["local"]
+    assert len(runs["local"][0]) == 10 and runs["local"][0][0][0].startswith(f"photos{suffix}:")
+    assert tree_snapshot(tmp_path / "ray") == tree_snapshot(tmp_path / "local")
+    assert archive.read_bytes() == before

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +25,22 @@ import cvprep  # noqa: E402
 from cvprep.cli import cli  # noqa: E402
 from cvprep.keras_layers import InputScaling  # noqa: E402
 from cvprep.pipeline import Pipeline  # noqa: E402
-from cvprep.training import TrainConfig, evaluate, export, load_run, predict, train  # noqa: E402
-from cvprep.training.data import discover, load_split, make_dataset, prepare_image  # noqa: E402
+from cvprep.training import (  # noqa: E402
+    TrainConfig,
+    evaluate,
+    export,
+    load_run,
+    predict,
+    resolve_plan,
+    train,
+)
+from cvprep.training.data import (  # noqa: E402
+    Split,
+    discover,
+    load_split,
+    make_dataset,
+    prepare_image,
+)
 from cvprep.training.models import build_training_model, unfreeze_top  # noqa: E402
 from tests.conftest import ROOT, SHARED_WEIGHTS  # noqa: E402
 
@@ -235,11 +250,10 @@ def test_unreadable_training_file_is_named_and_skipped(dataset, tmp_path):
     _, splits = discover(dataset)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    splits["val"].files.append(str(broken))
-    splits["val"].labels.append(0)
+    val = Split((*splits["val"].files, str(broken)), (*splits["val"].labels, 0))
     messages = []
     cached = load_split(
-        splits["val"],
+        val,
         pipeline=Pipeline(),
         size=32,
         resize="stretch",
@@ -251,8 +265,8 @@ def test_unreadable_training_file_is_named_and_skipped(dataset, tmp_path):
 
 
 def test_classic_is_the_course_network(dataset):
-    config = TrainConfig(data=str(dataset), out="unused", model="classic", classes=["a", "b"])
-    model, base = build_training_model(config, channels=3)
+    plan = resolve_plan(TrainConfig(data=str(dataset), out="unused", model="classic"))
+    model, base = build_training_model(plan)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128, 128]
     assert all(c.kernel_size == (3, 3) and c.padding == "valid" for c in convs)
@@ -339,9 +353,8 @@ def test_transfer_learning_freezes_then_fine_tunes(dataset, tmp_path):
         alpha=0.25,
         weights="none",
         img_size=32,
-        classes=["h", "v"],
     )
-    model, base = build_training_model(config, channels=3)
+    model, base = build_training_model(resolve_plan(config))
     frozen_before = [w.copy() for w in base.get_weights()]
     model.compile(optimizer="adam", loss="binary_crossentropy")
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
@@ -512,3 +525,182 @@ def test_commands_print_no_tensorflow_noise(cnn_run, dataset, tmp_path):
         text=True,
     )
     assert loud.returncode == 0 and TF_NOISE.search(loud.stderr)  # the flag lets it through
+
+
+# --------------------------------------------------------------------------- robustness
+def test_evaluate_lists_what_it_cannot_score_and_refuses_to_score_nothing(
+    cnn_run, dataset, tmp_path
+):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset / "test", data / "test")
+    shutil.copy(next((dataset / "test" / "vertical").iterdir()), data / "test" / "loose.png")
+    (data / "test" / "bird").mkdir()
+    shutil.copy(next((dataset / "test" / "vertical").iterdir()), data / "test" / "bird" / "b.png")
+    metrics = evaluate(cnn_run, data, write=False).metrics
+    assert metrics["count"] == 24 and metrics["unknown_classes"] == {"bird": 1}
+    rejected = metrics["rejected"]
+    assert "not one of the model's classes" in rejected[str(data / "test" / "bird" / "b.png")]
+    assert rejected[str(data / "test" / "loose.png")] == "not in a class folder"
+    result = CliRunner().invoke(cli, ["evaluate", str(cnn_run), str(data)])
+    assert result.exit_code == 1 and "bird/ (1)" in result.stderr
+    assert "loose.png: not in a class folder" in result.stderr
+    # Nothing readable in the model's classes: a clear refusal, not sklearn's empty array.
+    broken = tmp_path / "broken" / "test"
+    for name in ("horizontal", "vertical"):
+        (broken / name).mkdir(parents=True)
+        (broken / name / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    result = CliRunner().invoke(cli, ["evaluate", str(cnn_run), str(broken.parent)])
+    assert result.exit_code == 1 and "nothing to score" in result.output, result.output
+    assert result.output.count("x.jpg") == 2 and "empty input" not in result.output
+
+
+def test_predict_json_stays_valid_when_the_model_outputs_nan(cnn_run, dataset, tmp_path):
+    import shutil
+
+    from tests.test_run_folder import strict_json
+
+    run = tmp_path / "nan-run"
+    shutil.copytree(cnn_run, run, ignore=shutil.ignore_patterns("export", "figures"))
+    model = load_run(run).model
+    dense = model.layers[-1].get_layer("prediction")
+    dense.set_weights([np.full_like(w, np.nan) for w in dense.get_weights()])
+    model.save(run / "model.keras")
+    image = sorted((dataset / "test").rglob("*.png"))[0]
+    result = CliRunner().invoke(cli, ["predict", str(run), str(image), "--json"])
+    assert result.exit_code == 0, result.output
+    (prediction,) = strict_json(result.stdout)
+    assert prediction["probability"] is None
+
+
+def test_run_files_are_readable_under_the_umask(cnn_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [*cnn_run.glob("*"), *(cnn_run / "figures").rglob("*")]:
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_export_below_a_file_is_one_line_naming_it(cnn_run, tmp_path):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("in the way")
+    for args in ([], ["--format", "tflite"]):
+        result = CliRunner().invoke(cli, ["export", str(cnn_run), "-o", str(afile / "x"), *args])
+        assert result.exit_code == 1, result.output
+        assert str(afile) in result.output and "Not a directory" in result.output
+        assert "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["export", str(cnn_run), "-o", str(afile)])
+    assert result.exit_code == 1 and "a SavedModel is written as a folder" in result.output
+    assert afile.read_text() == "in the way"
+
+
+@pytest.mark.skipif(
+    not (os.geteuid() == 0 and shutil.which("setpriv")),
+    reason="needs root and setpriv to run as a user without write permission",
+)
+def test_train_into_a_folder_the_user_cannot_write(dataset):
+    from tests.test_faults import assert_one_line_error, run, shared_folder
+
+    with shared_folder() as shared:
+        data = shared / "data"
+        shutil.copytree(dataset, data)
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        locked = shared / "locked"
+        locked.mkdir(mode=0o555)
+        locked.chmod(0o555)
+        command = [sys.executable, "-m", "cvprep.cli", "train", str(data), "--epochs", "1"]
+        result = run([*command, "--out", str(locked / "run"), "--quiet"], as_nobody=True)
+        assert_one_line_error(result, str(locked), "Permission denied")
+        assert not any(locked.iterdir())
+
+
+def test_a_diverging_run_stops_and_says_so(dataset, tmp_path):
+    from cvprep.training.phases import TrainingDivergedError
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"diverged.*NaN.*lower --learning-rate"):
+        train(dataset, out=out, img_size=32, epochs=3, batch_size=8, learning_rate=1e30,
+              workers=0)  # fmt: skip
+    assert not (out / "model.keras").exists() and not (out / "backup").exists()
+
+
+class Killed(Exception):
+    """Stands for a kill at a chosen point of a run."""
+
+
+def interrupted_train(monkeypatch, data, out, *, epoch=None, after_fit=False, **options):
+    """Train, stopped by ``Killed`` when ``epoch`` (0-based) begins or once fitting ends."""
+    import cvprep.training.fit as fit_module
+    import cvprep.training.phases as phases
+
+    callbacks = phases._callbacks
+    with monkeypatch.context() as patch:
+        if epoch is not None:
+
+            class Stop(keras.callbacks.Callback):
+                def on_epoch_begin(self, index, logs=None):
+                    if index == epoch:
+                        raise Killed
+
+            patch.setattr(phases, "_callbacks", lambda *a: [*callbacks(*a), Stop()])
+        if after_fit:
+
+            def kill(*args):
+                raise Killed
+
+            patch.setattr(fit_module, "_save_model", kill)
+        with pytest.raises(Killed):
+            train(data, out=out, **options)
+
+
+def history_epochs(out: Path) -> list[int]:
+    return [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
+
+
+def test_damaged_backups_resume_from_the_last_whole_state_or_start_again(
+    dataset, tmp_path, monkeypatch
+):
+    options = {"img_size": 32, "epochs": 4, "batch_size": 8, "seed": 1, "workers": 0}
+    out, log = tmp_path / "run", []
+    folder = out / "backup" / "phase1"
+    # Killed as epoch 4 begins; the newest state is then cut short: the rerun resumes from
+    # the one before (and is killed once phase 1 is done).
+    interrupted_train(monkeypatch, dataset, out, epoch=3, **options)
+    states = sorted(p.name for p in folder.iterdir())
+    assert states == ["epoch-0002.weights.h5", "epoch-0003.weights.h5"]
+    newest = folder / states[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    interrupted_train(monkeypatch, dataset, out, after_fit=True, log=log.append, **options)
+    assert any("epoch-0003.weights.h5 is damaged" in m and "resumes after epoch 2" in m
+               for m in log), log  # fmt: skip
+    assert history_epochs(out) == [0, 1, 2, 3]
+    # The saved end of phase 1 is damaged: phase 1 runs again (killed as its epoch 3 begins).
+    done = out / "backup" / "phase1-done.weights.h5"
+    done.write_bytes(done.read_bytes()[:1000])
+    log.clear()
+    interrupted_train(monkeypatch, dataset, out, epoch=2, log=log.append, **options)
+    assert any("phase1-done.weights.h5 is damaged" in m and "phase 1 runs again" in m
+               for m in log), log  # fmt: skip
+    # Every state damaged, and a damaged backup of cvprep 0.2 (Keras' BackupAndRestore):
+    # the phase starts again, with a warning, instead of failing on every rerun.
+    for path in folder.iterdir():
+        path.write_bytes(b"garbage")
+    (folder / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (folder / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    log.clear()
+    train(dataset, out=out, log=log.append, **options)
+    assert any("no whole backup left, phase 1 starts again" in m for m in log), log
+    assert history_epochs(out) == [0, 1, 2, 3] and (out / "model.keras").is_file()
+
+
+def test_the_demo_predicts_on_classes_of_any_format(tmp_path):
+    from cvprep.dataset import make_shapes_dataset
+    from cvprep.demo import run_demo
+
+    source = make_shapes_dataset(tmp_path / "png", per_class=20, size=48)  # PNG only
+    lines: list[str] = []
+    run_demo(tmp_path / "demo", source, 1, lines.append)
+    predictions = [line for line in lines if re.search(r"\.png: (angular|round) \(", line)]
+    assert len(predictions) == 4, lines

@@ -1,7 +1,8 @@
 """``augment``: offline augmentation with albumentations, and oversampling of small classes.
 
-Only the training images are augmented; validation and test images are linked or copied
-unchanged, so evaluation never sees synthetic data. The presets mean the same transforms as
+Only the training images are augmented; validation and test images (the ``val/`` and
+``test/`` of a split source) are linked or copied unchanged, so evaluation never sees
+synthetic data. The presets mean the same transforms as
 ``cvprep train --augment`` (see :mod:`cvprep.augmentation`).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -16,19 +18,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cvprep import params
 from cvprep.augmentation import PRESETS, get_preset, to_albumentations
 from cvprep.dataset.engines import Engine, make_engine
-from cvprep.dataset.output import check_record, output_lock, write_record
+from cvprep.dataset.labels import LabelSpec
+from cvprep.dataset.output import (
+    check_record,
+    has_content,
+    output_lock,
+    read_record,
+    remove_stale,
+    write_record,
+)
 from cvprep.dataset.results import FileResult, Progress, SummarisedResult, Summary, tracked
-from cvprep.errors import ImageError, ParameterError
-from cvprep.files import EmptyTreeError, check_separate, class_of, list_tree
-from cvprep.io import atomic_write_bytes, copy_atomic, encode_image, read_image
+from cvprep.dataset.sources import (
+    ReadFailure,
+    Source,
+    SourceFile,
+    fetch,
+    is_placed,
+    mapped,
+    open_source,
+    place,
+)
+from cvprep.errors import ImageError, ParameterError, filesystem_errors
+from cvprep.files import EmptyTreeError, check_can_write, check_separate
+from cvprep.io import atomic_write_bytes, encode_image, read_image, writable_name
+from cvprep.params import DEFAULT_SEED
 
 COMMAND = "augment"
+MAX_PER_IMAGE = 1000
+PASSED_THROUGH = ("val", "test")
+OUTSIDE_CLASSES = "a file outside the class folders (its class is unknown)"
+Numbered = tuple[tuple[int, str], ...]  # (copy number, output name) of an image's copies
 
 
 def load_transform(preset_or_file: str | os.PathLike[str]) -> Any:
-    """A preset name, or an albumentations pipeline saved with ``A.save`` (YAML or JSON)."""
+    """A preset name, or an albumentations pipeline saved with ``A.save`` (YAML or JSON).
+
+    A saved pipeline must output images (uint8): one with ``A.Normalize``, ``A.ToFloat`` or
+    ``A.ToTensorV2`` is refused here, not on every image."""
     import albumentations as A
 
     name = os.fspath(preset_or_file)
@@ -42,9 +73,26 @@ def load_transform(preset_or_file: str | os.PathLike[str]) -> Any:
         )
     data_format = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
     try:
-        return A.load(str(path), data_format=data_format)
+        transform = A.load(str(path), data_format=data_format)
     except Exception as exc:  # albumentations raises many types for a malformed file
         raise ParameterError(f"cannot load albumentations pipeline {path}: {exc}") from exc
+    _check_outputs_images(transform, path)
+    return transform
+
+
+def _check_outputs_images(transform: Any, path: Path) -> None:
+    probe = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    try:
+        output = transform(image=probe)["image"]
+    except Exception:  # e.g. a crop larger than the probe: judged image by image instead
+        return
+    if not (isinstance(output, np.ndarray) and output.dtype == np.uint8 and output.ndim in (2, 3)):
+        kind = getattr(output, "dtype", type(output).__name__)
+        raise ParameterError(
+            f"the albumentations pipeline {path} outputs {kind} arrays, not uint8 images: "
+            "augment writes image files, so leave out Normalize, ToFloat and ToTensorV2 "
+            "(apply them when training)"
+        )
 
 
 def derived_seed(seed: int, *parts: object) -> int:
@@ -55,17 +103,12 @@ def derived_seed(seed: int, *parts: object) -> int:
 
 @dataclass(frozen=True)
 class AugmentTask:
-    source_root: str
+    file: SourceFile
     output_root: str
-    relative: str
-    copies: tuple[int, ...]  # which augmented copy numbers to make of this image
+    copies: Numbered  # (copy number, output name relative to the root)
     transform: str  # albumentations serialised dict (JSON), portable to worker processes
     seed: int
     quality: int | None
-
-    @property
-    def source(self) -> str:
-        return os.path.join(self.source_root, self.relative)
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,32 +119,82 @@ def _transform(serialised: str) -> Any:
     return A.from_dict(json.loads(serialised))
 
 
-def augmented_name(relative: str, copy: int) -> str:
-    path = Path(relative)
-    return str(path.with_name(f"{path.stem}_aug{copy:03d}{path.suffix or '.png'}"))
-
-
-def augment_one(task: AugmentTask, data: bytes | None = None) -> FileResult:
+def augment_one(task: AugmentTask, data: bytes | ReadFailure | None = None) -> FileResult:
+    """Copy one training image to the output with its augmented copies, or reject it (and
+    remove what an earlier run wrote for it). Outputs carry the input's modification time:
+    those of an input changed since are made again."""
+    file, root = task.file, Path(task.output_root)
+    original = root / file.output
+    outputs = [original, *(root / name for _, name in task.copies)]
     try:
-        image = read_image(data if data is not None else task.source)
+        raw = fetch(file, data)
+        image = read_image(raw)
+        todo = [(n, root / name) for n, name in task.copies if _stamp(root / name) != file.stamp]
+        augmented = [(target, _augmented(task, image, number)) for number, target in todo]
     except ImageError as exc:
-        return FileResult(task.relative, "rejected", exc.kind, exc.reason)
-    transform = _transform(task.transform)
-    written = 0
-    for copy in task.copies:
-        target = Path(task.output_root) / augmented_name(task.relative, copy)
-        if target.exists():
-            continue
-        transform.set_random_seed(derived_seed(task.seed, task.relative, copy))
-        augmented = transform(image=image)["image"]
-        atomic_write_bytes(target, encode_image(augmented, target.suffix, quality=task.quality))
-        written += 1
-    return FileResult(
-        task.relative,
-        "ok" if written or not task.copies else "skipped",
+        _remove(outputs)
+        return FileResult.of(file, "rejected", kind=exc.kind, reason=exc.reason)
+    except Exception as exc:  # a saved pipeline can fail on one image (a crop too large)
+        _remove(outputs)
+        reason = f"augmentation failed: {type(exc).__name__}: {exc}"
+        return FileResult.of(file, "rejected", kind="unprocessable", reason=reason)
+    placed = not is_placed(file, original)
+    if placed:
+        place(file, original, link=True, data=raw)
+    for target, pixels in augmented:
+        atomic_write_bytes(target, encode_image(pixels, target.suffix, quality=task.quality))
+        os.utime(target, ns=(file.stamp, file.stamp))
+    return FileResult.of(
+        file,
+        "ok" if augmented or placed else "skipped",
         width=image.shape[1],
         height=image.shape[0],
     )
+
+
+def _augmented(task: AugmentTask, image: np.ndarray, number: int) -> np.ndarray:
+    transform = _transform(task.transform)
+    # Seeded by the path inside the split (class/name): the same copies whatever the source.
+    transform.set_random_seed(derived_seed(task.seed, task.file.relative, number))
+    result = transform(image=image)["image"]
+    if not (isinstance(result, np.ndarray) and result.dtype == np.uint8):
+        raise ValueError(f"the pipeline output {getattr(result, 'dtype', type(result))}, not uint8")
+    return result
+
+
+def _stamp(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def augmented_names(
+    relatives: list[str], copies: dict[str, tuple[int, ...]]
+) -> dict[str, Numbered]:
+    """The output name of every augmented copy: ``name_aug001.ext`` (PNG for formats cvprep
+    does not write), never the name of an input (augmenting an augmented folder) or of
+    another copy, also where case does not count."""
+    taken = {name.lower() for name in relatives}
+    names: dict[str, Numbered] = {}
+    for relative in sorted(relatives):
+        path = writable_name(Path(relative))
+        chosen = []
+        for number in copies.get(relative, ()):
+            for attempt in itertools.count(1):
+                tag = f"_aug{number:03d}" + (f"-{attempt}" if attempt > 1 else "")
+                candidate = str(path.with_name(f"{path.stem}{tag}{path.suffix}"))
+                if candidate.lower() not in taken:
+                    break
+            taken.add(candidate.lower())
+            chosen.append((number, candidate))
+        names[relative] = tuple(chosen)
+    return names
 
 
 def plan_copies(
@@ -126,34 +219,6 @@ def plan_copies(
     return {name: tuple(numbers) for name, numbers in copies.items()}
 
 
-def training_root(root: Path) -> tuple[Path, list[Path]]:
-    """The folder to augment and the sibling split folders to pass through unchanged."""
-    if (root / "train").is_dir():
-        others = [
-            p
-            for p in sorted(root.iterdir())
-            if p.is_dir() and p.name != "train" and not p.name.startswith(".")
-        ]
-        return root / "train", others
-    return root, []
-
-
-def pass_through(source: Path, target: Path) -> int:
-    """Hard-link (or copy atomically, across file systems) a split folder unchanged."""
-    count = 0
-    for relative in list_tree(source).files:
-        destination = target / relative
-        if destination.exists():
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source / relative, destination)
-        except OSError:
-            copy_atomic(source / relative, destination)
-        count += 1
-    return count
-
-
 @dataclass
 class AugmentResult(SummarisedResult):
     """Originals and augmented copies per class, the folders passed through, the rejects."""
@@ -164,24 +229,29 @@ class AugmentResult(SummarisedResult):
     passed_through: list[str]
     summary: Summary
     transform: dict[str, Any] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)  # outputs whose input is gone
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "per_class": self.per_class,
             "passed_through": self.passed_through,
             "rejected": [r.path for r in self.rejected],
+            "removed": self.removed,
             "output": str(self.output),
         }
 
 
+@filesystem_errors
 def augment(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Source,
     output: str | os.PathLike[str],
     *,
+    labels: str | os.PathLike[str] | LabelSpec | None = None,
+    images: str | os.PathLike[str] | None = None,
     preset: str | os.PathLike[str] = "medium",
     per_image: int = 1,
     balance: bool = False,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     quality: int | None = None,
     overwrite: bool = False,
     workers: int | None = None,
@@ -193,16 +263,21 @@ def augment(
     images.
 
     ``source`` is a split folder (``train/`` augmented; ``val/`` and ``test/`` passed through
-    unchanged) or a folder of class subfolders (all augmented). Deterministic for a seed,
-    whatever the number of workers.
+    unchanged), a folder of class subfolders (all augmented), or any other source of
+    :mod:`cvprep.dataset.sources` (``labels``, ``images``: as for
+    :func:`cvprep.dataset.verify`). Deterministic for a seed, whatever the number of
+    workers or the kind of source. A training image that cannot be read or augmented is
+    rejected (listed, and not copied); the counts are of what ``output`` holds. Running it
+    again finishes an interrupted run, redoes the images changed since and removes the
+    outputs of deleted ones (``removed``).
 
     Parameters
     ----------
     preset : {"light", "medium", "heavy"} or path
         A preset (the same transforms as ``cvprep train --augment``) or an albumentations
-        pipeline saved with ``A.save`` as YAML/JSON.
+        pipeline saved with ``A.save`` as YAML/JSON (it must output uint8 images).
     per_image : int
-        Augmented copies of every training image.
+        Augmented copies of every training image (0–1000).
     balance : bool
         Oversample minority classes (extra augmented copies) up to the largest.
     overwrite : bool
@@ -216,17 +291,19 @@ def augment(
     >>> result.per_class["round"]
     {'originals': 4, 'augmented': 8}
     """
-    root, out = Path(source), Path(output)
-    if per_image < 0:
-        raise ParameterError(f"`per_image` should be >= 0. Received: per_image={per_image}")
+    data = open_source(source, labels=labels, images=images)
+    root, out = data.location, Path(output)
+    per_image = params.check_int("per_image", per_image, minimum=0, maximum=MAX_PER_IMAGE)
+    params.check_bool("balance", balance)
+    params.check_seed(seed)
+    params.check_optional_int("quality", quality, minimum=1, maximum=100)
+    params.check_bool("overwrite", overwrite)
     transform = load_transform(preset)
     check_separate(root, out)
-    train, others = training_root(root)
-    grouped: dict[str, list[str]] = {}
-    for relative in list_tree(train).in_classes():
-        grouped.setdefault(class_of(relative) or "", []).append(str(relative))
-    if not grouped:
-        raise EmptyTreeError(train, "no image files in class subfolders")
+    check_can_write(out)
+    training = [f for f in data.files if f.cls and f.split not in PASSED_THROUGH]
+    if not training:
+        raise EmptyTreeError(root, "no image files in class subfolders")
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
     from albumentations import to_dict
 
@@ -238,34 +315,111 @@ def augment(
         "seed": seed,
         "quality": quality,
         "transform": json.loads(serialised),
+        **data.settings(),
     }
-    train_out = out / train.relative_to(root)
-    copies = plan_copies(grouped, per_image=per_image, balance=balance, seed=seed)
+    tasks = _tasks(training, out, per_image, balance, seed, serialised, quality)
+    passed = [f for f in data.files if f.split in PASSED_THROUGH]
     with output_lock(out, COMMAND):
+        owned = read_record(out).get("command") == COMMAND or not has_content(out)
         if not overwrite:
             check_record(out, COMMAND, settings)
         write_record(out, COMMAND, settings, status="in progress")
-        for other in others:
-            pass_through(other, out / other.name)
-        pass_through(train, train_out)
+        removed = remove_stale(out, _wanted(tasks, passed)) if owned else []
+        failed = pass_through(data, passed, out)
         if overwrite:  # copies made with other settings are made again
-            for name, numbers in copies.items():
-                for number in numbers:
-                    (train_out / augmented_name(name, number)).unlink(missing_ok=True)
-        tasks = [
-            AugmentTask(str(train), str(train_out), name, numbers, serialised, seed, quality)
-            for name, numbers in sorted(copies.items())
-        ]
-        summary = Summary()
-        start = time.perf_counter()
-        for result in tracked(runner.map(augment_one, tasks), len(tasks), "augmenting", progress):
-            summary.add(result)
-        summary.seconds = time.perf_counter() - start
-        counts = {
-            cls: {"originals": len(files), "augmented": sum(len(copies[f]) for f in files)}
-            for cls, files in sorted(grouped.items())
-        }
+            _remove([out / name for task in tasks for _, name in task.copies])
+        summary = _run(runner, tasks, data, progress)
+        for file in data.files:
+            if not file.cls and file.split not in PASSED_THROUGH:
+                summary.add(
+                    FileResult.of(file, "rejected", kind="not_in_class", reason=OUTSIDE_CLASSES)
+                )
+        for extra in [*failed, *map(FileResult.from_problem, data.problems)]:
+            summary.add(extra)
+        counts = _counts(summary, tasks)
         write_record(out, COMMAND, settings, status="finished", extra={"summary": counts})
-    return AugmentResult(
-        root, out, counts, [p.name for p in others], summary, settings["transform"]
-    )
+    through = sorted({file.split for file in passed})
+    return AugmentResult(root, out, counts, through, summary, settings["transform"], removed)
+
+
+def _tasks(
+    training: list[SourceFile],
+    out: Path,
+    per_image: int,
+    balance: bool,
+    seed: int,
+    serialised: str,
+    quality: int | None,
+) -> list[AugmentTask]:
+    """One task per training image, with the names of its copies (keyed by the path inside
+    the split, ``class/name``, so that every kind of source gives the same copies)."""
+    grouped: dict[str, list[str]] = {}
+    for file in training:
+        grouped.setdefault(file.cls, []).append(file.relative)
+    copies = plan_copies(grouped, per_image=per_image, balance=balance, seed=seed)
+    names = augmented_names([file.relative for file in training], copies)
+    return [
+        AugmentTask(
+            file,
+            str(out),
+            tuple(
+                (n, (f"{file.split}/" if file.split else "") + name)
+                for n, name in names[file.relative]
+            ),
+            serialised,
+            seed,
+            quality,
+        )
+        for file in sorted(training, key=lambda f: f.relative)
+    ]
+
+
+def _wanted(tasks: list[AugmentTask], passed: list[SourceFile]) -> set[str]:
+    """Every file this run puts in OUT, relative to it."""
+    wanted = {file.output for file in passed}
+    for task in tasks:
+        wanted.add(task.file.output)
+        wanted.update(name for _, name in task.copies)
+    return wanted
+
+
+def _run(
+    runner: Engine, tasks: list[AugmentTask], source: Source, progress: Progress | None
+) -> Summary:
+    summary = Summary()
+    start = time.perf_counter()
+    mapping = mapped(runner, augment_one, tasks, source)
+    for result in tracked(mapping, len(tasks), "augmenting", progress):
+        summary.add(result)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _counts(summary: Summary, tasks: list[AugmentTask]) -> dict[str, dict[str, int]]:
+    """Originals and augmented copies per class, as they are in OUT (rejects not counted)."""
+    rejected = {result.path for result in summary.rejected}
+    counts: dict[str, dict[str, int]] = {}
+    for task in sorted(tasks, key=lambda t: (t.file.cls, t.file.relative)):
+        row = counts.setdefault(task.file.cls, {"originals": 0, "augmented": 0})
+        if task.file.name not in rejected:
+            row["originals"] += 1
+            row["augmented"] += len(task.copies)
+    return dict(sorted(counts.items()))
+
+
+def pass_through(source: Source, files: list[SourceFile], out: Path) -> list[FileResult]:
+    """Mirror the held-out splits unchanged, without decoding them (hard links, or atomic
+    copies across file systems and out of archives); an archive member whose bytes cannot
+    be read is rejected."""
+    stale = [file for file in files if not is_placed(file, out / file.output)]
+    for file in stale:
+        if file.path is not None:
+            place(file, out / file.output, link=True)
+    rejects = []
+    for file, data in source.read_all(f for f in stale if f.path is None):
+        if isinstance(data, ReadFailure):
+            (out / file.output).unlink(missing_ok=True)
+            rejects.append(FileResult.of(file, "rejected", kind=data.kind, reason=data.reason))
+        else:
+            place(file, out / file.output, data=data)
+    return rejects

@@ -6,33 +6,50 @@ are identical (tested). Workers receive paths, not pixels: each decodes, process
 and writes its own file, so the parent only streams small result records (DESIGN.md: decode +
 encode is most of the cost, and moving pixels between processes would double it).
 
-Tasks must have a ``source`` attribute (the file's path); functions take ``(task, data=None)``
-where ``data`` holds the file's bytes when the engine has already read them (Ray does).
+Tasks carry a ``file`` (a :class:`cvprep.dataset.sources.SourceFile`: something that opens
+its bytes, whatever the source) or, as before sources existed, a ``source`` path. Functions
+take ``(task, data=None)``, where ``data`` holds the file's bytes when they were read before
+the function runs: by Ray (``read_binary_files``), or by the parent process, which streams a
+compressed tar once, in order, and hands each task its bytes (``map``'s ``data``; at most a
+few chunks per worker are in flight, so memory stays flat).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import itertools
 import multiprocessing
 import os
 import pickle
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import cv2
 
-from cvprep.errors import CvprepError, ParameterError
+from cvprep import params
+from cvprep.errors import CvprepError
 
 ENGINES = ("local", "ray")
+MAX_WORKERS = 512
 CHUNK_SIZE = 32
 RAY_BATCH_SIZE = 16
+RAY_WINDOW = 512  # tasks whose bytes the parent read, handed to Ray at once
+IN_FLIGHT_CHUNKS = 4  # per worker, when the parent reads the bytes
 
 
 class Engine(Protocol):
-    def map(self, function: Callable[..., Any], tasks: Sequence[Any]) -> Iterator[Any]:
-        """Yield ``function(task)`` for every task, in any order."""
+    def map(
+        self,
+        function: Callable[..., Any],
+        tasks: Sequence[Any],
+        data: Iterable[Any] | None = None,
+    ) -> Iterator[Any]:
+        """Yield ``function(task)`` for every task (``function(task, bytes)`` with ``data``,
+        an iterable of each task's bytes in task order), in any order."""
         ...
 
 
@@ -53,17 +70,17 @@ def make_engine(
     [1, 2, 3]
     """
     if not isinstance(engine, str):
+        if not callable(getattr(engine, "map", None)):
+            raise params.fail("engine", f"one of {', '.join(ENGINES)} or an Engine", engine)
         return engine
-    if workers is not None and workers < 0:
-        raise ParameterError(f"`workers` should be >= 0. Received: workers={workers}")
+    workers = params.check_optional_int("workers", workers, minimum=0, maximum=MAX_WORKERS)
+    params.check_choice("engine", engine, ENGINES)
+    if ray_address is not None and not isinstance(ray_address, str):
+        raise params.fail("ray_address", "HOST:PORT text", ray_address)
     count = default_workers() if workers is None else workers
-    if engine == "local":
-        return LocalEngine(count)
     if engine == "ray":
         return RayEngine(count, ray_address)
-    raise ParameterError(
-        f"`engine` should be one of {', '.join(ENGINES)}. Received: engine={engine!r}"
-    )
+    return LocalEngine(count)
 
 
 # --------------------------------------------------------------------------- local pool
@@ -89,10 +106,16 @@ class LocalEngine:
     def __init__(self, workers: int) -> None:
         self.workers = workers
 
-    def map(self, function: Callable[..., Any], tasks: Sequence[Any]) -> Iterator[Any]:
+    def map(
+        self,
+        function: Callable[..., Any],
+        tasks: Sequence[Any],
+        data: Iterable[Any] | None = None,
+    ) -> Iterator[Any]:
         if self.workers == 0 or len(tasks) <= 1 or not _workers_can_start():
-            init_worker()
-            yield from map(function, tasks)
+            # The caller's process keeps its own OpenCV threads and malloc settings: the
+            # worker initialiser is for pool workers only.
+            yield from map(function, tasks) if data is None else map(function, tasks, data)
             return
         # forkserver: safe even when the parent already imported TensorFlow (fork is not).
         method = (
@@ -106,7 +129,41 @@ class LocalEngine:
         # Small chunks when there are few tasks, so that every worker gets some.
         chunk = max(1, min(CHUNK_SIZE, len(tasks) // (4 * workers)))
         with context.Pool(workers, initializer=init_worker) as pool:
-            yield from pool.imap_unordered(function, tasks, chunksize=chunk)
+            if data is None:
+                yield from pool.imap_unordered(function, tasks, chunksize=chunk)
+            else:
+                limit = IN_FLIGHT_CHUNKS * chunk * workers
+                yield from _bounded(pool, function, zip(tasks, data, strict=True), chunk, limit)
+
+
+def _apply(function: Callable[..., Any], pair: tuple[Any, Any]) -> Any:
+    return function(*pair)
+
+
+def _bounded(
+    pool: Any, function: Callable[..., Any], pairs: Iterator[Any], chunk: int, limit: int
+) -> Iterator[Any]:
+    """``imap_unordered`` over (task, bytes) pairs with at most ``limit`` of them handed out
+    and not yet returned: the pool's feeder thread would otherwise read the whole archive
+    into its queue."""
+    slots = threading.Semaphore(limit)
+    stopped = threading.Event()
+
+    def feed() -> Iterator[Any]:
+        for pair in pairs:
+            while not slots.acquire(timeout=0.1):
+                if stopped.is_set():
+                    return
+            yield pair
+
+    try:
+        for result in pool.imap_unordered(
+            functools.partial(_apply, function), feed(), chunksize=chunk
+        ):
+            slots.release()
+            yield result
+    finally:
+        stopped.set()
 
 
 def _workers_can_start() -> bool:
@@ -149,24 +206,79 @@ class RayEngine:
                 ray.init(num_cpus=self.workers or None, **options)
         return ray
 
-    def map(self, function: Callable[..., Any], tasks: Sequence[Any]) -> Iterator[Any]:
+    def map(
+        self,
+        function: Callable[..., Any],
+        tasks: Sequence[Any],
+        data: Iterable[Any] | None = None,
+    ) -> Iterator[Any]:
         if not tasks:
             return
         ray = self._ray()
-        by_source = {task.source: task for task in tasks}
         ray.data.DataContext.get_current().enable_progress_bars = False
+        paths = [_path_of(task) for task in tasks]
+        if data is None and all(paths):
+            yield from self._read_files(ray, function, tasks, paths)
+            return
+        # Archive members and array images: Ray's workers open the archive themselves, or
+        # receive the bytes the parent streamed, a window of tasks at a time.
+        if data is None:
+            windows: Iterable[list[Any]] = [list(tasks)]
+        else:
+            windows = _windows(zip(tasks, data, strict=True), RAY_WINDOW)
+        for window in windows:
+            process = _window_process(function, window, with_data=data is not None)
+            items = [{"index": i} for i in range(len(window))]
+            rows = ray.data.from_items(items).map_batches(
+                process, batch_size=RAY_BATCH_SIZE, batch_format="numpy"
+            )
+            for row in rows.iter_rows():
+                yield pickle.loads(row["result"])
+
+    def _read_files(
+        self, ray: Any, function: Callable[..., Any], tasks: Sequence[Any], paths: list[Any]
+    ) -> Iterator[Any]:
+        """Files of their own: Ray Data reads the bytes (``read_binary_files``)."""
+        by_path = dict(zip(paths, tasks, strict=True))
 
         def process(batch: dict[str, Any]) -> dict[str, list[bytes]]:
             results = []
             for path, data in zip(batch["path"], batch["bytes"], strict=True):
-                task = by_source[_local_path(path, by_source)]
+                task = by_path[_local_path(path, by_path)]
                 results.append(pickle.dumps(function(task, bytes(data))))
             return {"result": results}
 
-        dataset = ray.data.read_binary_files(list(by_source), include_paths=True)
+        dataset = ray.data.read_binary_files(list(by_path), include_paths=True)
         rows = dataset.map_batches(process, batch_size=RAY_BATCH_SIZE, batch_format="numpy")
         for row in rows.iter_rows():
             yield pickle.loads(row["result"])
+
+
+def _window_process(
+    function: Callable[..., Any], window: list[Any], *, with_data: bool
+) -> Callable[[dict[str, Any]], dict[str, list[bytes]]]:
+    """Ray's batch function for a window of tasks (or of (task, bytes) pairs)."""
+
+    def process(batch: dict[str, Any]) -> dict[str, list[bytes]]:
+        results = []
+        for index in batch["index"]:
+            job = window[int(index)]
+            results.append(pickle.dumps(_apply(function, job) if with_data else function(job)))
+        return {"result": results}
+
+    return process
+
+
+def _path_of(task: Any) -> str | None:
+    """The file holding a task's bytes, if it is a file of its own."""
+    file = getattr(task, "file", None)
+    return file.path if file is not None else getattr(task, "source", None)
+
+
+def _windows(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while window := list(itertools.islice(iterator, size)):
+        yield window
 
 
 def _local_path(path: str, known: dict[str, Any]) -> str:

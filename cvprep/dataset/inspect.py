@@ -11,7 +11,9 @@ do not decode get ``verify``'s reasons. Then, over the whole set:
   same background differs somewhere), same class;
 - ``label_conflict``: an exact or near copy filed under another class: both files are listed;
 - the quality kinds, each judged against the rest of the dataset with absolute limits
-  (:data:`RULES`); scores are in [0, 1], higher is worse, comparable within a kind.
+  (:data:`RULES`); scores are in [0, 1], higher is worse, comparable within a kind;
+- ``label_issue`` (only with ``labels_check``): a label that out-of-fold class probabilities
+  contradict, found by confident learning (:mod:`cvprep.dataset.label_check`).
 
 Thresholds were chosen on the training half of the dev photos (README: measured recall and
 false-alarm rates on the other half) and can be set one by one.
@@ -24,19 +26,30 @@ import io
 import os
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cvprep import params
 from cvprep.dataset.duplicates import content_hash, near_duplicate_pairs
 from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.label_check import (
+    LabelCheck,
+    LabelCheckResult,
+    LabelCollector,
+    as_label_check,
+    sample_image,
+)
+from cvprep.dataset.labels import LabelSpec
 from cvprep.dataset.quality import ImageStats, measure, thumbnail_distance
 from cvprep.dataset.results import Progress, ReadTask, tracked
-from cvprep.errors import ImageError, ParameterError
-from cvprep.files import EmptyTreeError, class_of, list_tree
-from cvprep.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, read_image
+from cvprep.dataset.sources import ReadFailure, Source, fetch, mapped, open_source
+from cvprep.errors import ImageError, ParameterError, filesystem_errors
+from cvprep.files import EmptyTreeError, check_can_write
+from cvprep.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, check_max_pixels, read_image
 
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "label_conflict")
 QUALITY_KINDS = (
@@ -48,6 +61,7 @@ QUALITY_KINDS = (
     "odd_size",
     "grayscale",
 )
+LABEL_ISSUE = "label_issue"
 FINDINGS_COLUMNS = ["path", "class", "issue", "score", "detail"]
 SIGNATURE_LIMIT = 14.0  # thumbnail_distance of true copies: ≤ 10.5 measured; the shapes pair: 17
 
@@ -84,6 +98,7 @@ class FileInfo:
     kind: str = ""  # a verify reject kind, when it does not decode
     reason: str = ""
     modified: float = 0.0  # the newer of two copies is taken for the copy
+    sample: np.ndarray | None = None  # what the label check's model sees, when it runs
 
     def copy_order(self) -> tuple[float, int, str]:
         """Sort key, original first: older, then more pixels, then path order."""
@@ -91,21 +106,25 @@ class FileInfo:
         return (self.modified, -pixels, self.path)
 
 
-def inspect_one(task: ReadTask, data: bytes | None = None) -> FileInfo:
-    info = FileInfo(task.relative, class_of(Path(task.relative)) or "")
+@dataclass(frozen=True)
+class InspectTask(ReadTask):
+    sample_size: int = 0  # > 0: also keep a square sample of this size for the label check
+
+
+def inspect_one(task: ReadTask, data: bytes | ReadFailure | None = None) -> FileInfo:
+    file = task.file
+    info = FileInfo(file.name, file.cls, modified=file.stamp / 1e9)
     try:
-        info.modified = os.stat(task.source).st_mtime
-        raw = data if data is not None else Path(task.source).read_bytes()
+        raw = fetch(file, data)
         info.sha256 = content_hash(raw)
         image = read_image(raw, max_pixels=task.max_pixels)
     except ImageError as exc:
         info.kind, info.reason = exc.kind, exc.reason
         return info
-    except OSError as exc:
-        info.kind, info.reason = "unreadable", f"cannot read file ({exc.strerror})"
-        return info
     info.stats = measure(image)
     info.phash = info.stats.phash
+    if isinstance(task, InspectTask) and task.sample_size:
+        info.sample = sample_image(image, task.sample_size)
     return info
 
 
@@ -137,6 +156,7 @@ class InspectResult:
     thresholds: dict[str, float] = field(default_factory=dict)
     typical: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    label_check: LabelCheckResult | None = None  # what the label check did, when it ran
 
     @property
     def ok(self) -> bool:
@@ -162,13 +182,17 @@ class InspectResult:
             "counts": self.counts,
             "thresholds": self.thresholds,
             "typical": self.typical,
+            "labels_check": self.label_check.to_dict() if self.label_check else None,
             "findings": self.rows(),
         }
 
 
+@filesystem_errors
 def inspect(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Source,
     *,
+    labels: str | os.PathLike[str] | LabelSpec | None = None,
+    images: str | os.PathLike[str] | None = None,
     report: str | os.PathLike[str] | None = None,
     html: str | os.PathLike[str] | None = None,
     thresholds: dict[str, float] | None = None,
@@ -176,9 +200,12 @@ def inspect(
     engine: str | Engine = "local",
     ray_address: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    labels_check: bool | LabelCheck = False,
     progress: Progress | None = None,
 ) -> InspectResult:
-    """Audit the images under ``source`` (class subfolders, or a flat folder).
+    """Audit the images of ``source`` (class subfolders, a flat folder, or any source of
+    :mod:`cvprep.dataset.sources`, with ``labels`` and ``images`` as for
+    :func:`cvprep.dataset.verify`).
 
     Finds exact and near duplicates, the same picture filed under two classes
     (``label_conflict``), blurry, dark, bright, nearly uniform (``low_information``), strangely
@@ -196,6 +223,13 @@ def inspect(
         Override a rule's cutoff, e.g. ``{"blurry": 0.09, "near_duplicate": 8}`` (see
         :data:`RULES` for what each number means; an override replaces the rule's default
         criteria, so 0 turns a quality rule off).
+    labels_check : bool or LabelCheck
+        Also look for wrong labels (``label_issue``, ``detail`` names the class the picture
+        looks like) with out-of-fold probabilities and confident learning: ``True`` trains
+        a small CNN per fold; ``LabelCheck(weights="imagenet")`` (or a weights file) uses a
+        frozen MobileNet α 0.25's features, far more accurate (README). Needs two or more
+        classes with two or more images each; a split folder is checked as one set.
+        ``result.label_check`` says what the check did.
     workers, engine, ray_address, max_pixels, progress
         As for :func:`cvprep.dataset.verify`.
 
@@ -216,37 +250,66 @@ def inspect(
     round/round_000.png = angular/mislabeled.png
     """
     started = time.perf_counter()
-    root = Path(source)
+    data = open_source(source, labels=labels, images=images)
+    check_max_pixels(max_pixels)
+    if thresholds is not None and not isinstance(thresholds, Mapping):
+        raise params.fail("thresholds", "a dict of issue names to numbers", thresholds)
     limits_override = dict(thresholds or {})
-    unknown = sorted(set(limits_override) - set(RULES))
+    unknown = [repr(name) for name in limits_override if name not in RULES]
     if unknown:
         raise ParameterError(
             f"`thresholds` has unknown issue(s) {', '.join(unknown)}; known: {', '.join(RULES)}"
         )
-    tree = list_tree(root)
-    if not tree.files and not tree.problems:
-        raise EmptyTreeError(root)
+    check = as_label_check(labels_check)
+    for target in (report, html):
+        if target is not None:
+            check_can_write(target)
+    if not data.files and not data.problems:
+        raise EmptyTreeError(data.location)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    tasks = [ReadTask(str(root), str(path), max_pixels) for path in tree.files]
-    infos = list(tracked(runner.map(inspect_one, tasks), len(tasks), "inspecting", progress))
+    # Before reading: a dataset the check cannot work on, or weights that do not load, fail fast.
+    collector = LabelCollector(check, data.files) if check else None
+    size = check.input_size if check else 0
+    tasks = [InspectTask(file, max_pixels, size) for file in data.files]
+    infos = []
+    mapping = mapped(runner, inspect_one, tasks, data)
+    for info in tracked(mapping, len(tasks), "inspecting", progress):
+        if collector:
+            collector.add(info.path, info.sample)
+            info.sample = None
+        infos.append(info)
     infos.sort(key=lambda info: info.path)
-    findings = [
-        Finding(p.path, class_of(Path(p.path)) or "", p.kind, 1.0, p.reason) for p in tree.problems
-    ]
+    findings = [Finding(p.name, p.cls, p.kind, 1.0, p.reason) for p in data.problems]
     findings += [Finding(i.path, i.cls, i.kind, 1.0, i.reason) for i in infos if i.kind]
     readable = [info for info in infos if info.stats is not None]
     limits, typical = _limits([info.stats for info in readable], limits_override)
     for info in readable:
         findings.extend(_quality_findings(info, limits, typical))
-    findings.extend(_duplicate_findings(readable, int(limits["near_duplicate"])))
+    copies = _duplicate_findings(readable, int(limits["near_duplicate"]))
+    findings.extend(copies)
+    checked = (
+        collector.finish([(f.path, f.detail) for f in copies], progress) if collector else None
+    )
+    if checked:
+        findings += [
+            Finding(s.path, s.given, LABEL_ISSUE, s.score, s.detail) for s in checked.suspects
+        ]
     findings.sort(key=lambda f: (f.path, f.issue))
-    result = InspectResult(root, len(tree.files), findings, limits, typical)
+    result = InspectResult(
+        data.location, len(data.files), findings, limits, typical, label_check=checked
+    )
     if report is not None:
         write_findings(Path(report), result)
     if html is not None:
-        from cvprep.dataset.inspect_report import write_html
+        from cvprep.dataset.inspect_report import shown, write_html
 
-        write_html(Path(html), result)
+        wanted = shown(result)
+        pictures = {
+            file.name: raw
+            for file, raw in data.read_all(f for f in data.files if f.name in wanted)
+            if isinstance(raw, bytes)
+        }
+        write_html(Path(html), result, pictures)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -289,11 +352,7 @@ def _limits(
         "least_detail": 0.0 if "low_information" in override else 3.0,
     }
     for name, value in override.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ParameterError(
-                f"`thresholds` values should be non-negative numbers. Received: {name}={value!r}"
-            )
-        limits[name] = float(value)
+        limits[name] = params.check_number(name, value, minimum=0)
     if not 0 <= limits["near_duplicate"] <= 11:
         raise ParameterError(
             "`near_duplicate` should be between 0 and 11 bits. "

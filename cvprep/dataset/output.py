@@ -18,13 +18,13 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cvprep import __version__
 from cvprep.errors import CvprepError, ParameterError
-from cvprep.files import is_ignored
+from cvprep.files import ARTEFACT_NAMES, is_ignored
 from cvprep.io import atomic_write_bytes
 
 try:
@@ -210,11 +210,33 @@ def write_record(
     return record
 
 
-def remove_partial_writes(folder: Path) -> int:
-    """Delete temporary files left by an interrupted run (our ``.name.*.part`` files)."""
-    removed = 0
-    for path in folder.rglob(".*.part"):
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed += 1
-    return removed
+def remove_stale(folder: Path, wanted: set[str], roots: Iterable[str] = (".",)) -> list[str]:
+    """Bring a job's output in line with its input: delete every file under ``folder/root``
+    (for each root) that the job would not write now — the output of a deleted or moved
+    input, a leftover of an interrupted run (temporary ``.part`` files included) — and the
+    folders this empties. Returns the deleted paths, relative to ``folder``, sorted.
+
+    ``wanted`` holds relative paths (``"train/cat/a.jpg"``); cvprep's own files at the top of
+    ``folder`` (the run record, the lock, manifests and reports) are never touched.
+    """
+    removed = []
+    for root in roots:
+        top = folder / root
+        if not top.is_dir():
+            continue
+        for directory, _subfolders, names in os.walk(top, topdown=False):
+            here = Path(directory)
+            for name in names:
+                relative = (here / name).relative_to(folder).as_posix()
+                if relative in wanted or (here == folder and _is_own_artefact(name)):
+                    continue
+                (here / name).unlink()
+                if not name.endswith(".part"):
+                    removed.append(relative)
+            if here != folder and not any(here.iterdir()):
+                here.rmdir()
+    return sorted(removed)
+
+
+def _is_own_artefact(name: str) -> bool:
+    return name in ARTEFACT_NAMES or name == LOCK_FILE

@@ -4,46 +4,77 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cvprep.files import TreeProblem, class_of
 from cvprep.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from cvprep.dataset.sources import Problem, SourceFile
 
 STATUSES = ("ok", "skipped", "rejected")
 
 
 @dataclass(frozen=True)
 class ReadTask:
-    """One file to read: where it is under ``root``, and the pixel limit of the job."""
+    """One file to read, and the pixel limit of the job."""
 
-    root: str
-    relative: str
+    file: SourceFile
     max_pixels: int | None
-
-    @property
-    def source(self) -> str:
-        return os.path.join(self.root, self.relative)
 
 
 @dataclass
 class FileResult:
     """What happened to one input file."""
 
-    path: str  # relative to the input folder
+    path: str  # its name in the source (a path relative to a folder, "train.zip:a.jpg", ...)
     status: str  # "ok", "skipped" (output already there) or "rejected"
     kind: str = ""  # why it was rejected: "unreadable", "truncated", "symlink_loop", ...
     reason: str = ""
     width: int = 0
     height: int = 0
     output: str = ""
+    folder: bool = False  # a folder that could not be listed, not a file
+    class_name: str | None = None  # its class, when the source says (else from the path)
 
     @classmethod
-    def from_problem(cls, problem: TreeProblem) -> FileResult:
-        return cls(problem.path, "rejected", problem.kind, problem.reason)
+    def from_problem(cls, problem: Problem | TreeProblem) -> FileResult:
+        """A part of the source that is not a usable file, as a rejected file (a
+        :class:`~cvprep.files.TreeProblem`: a folder, counted under the class it is)."""
+        if isinstance(problem, TreeProblem):
+            parts = Path(problem.path).parts
+            folder_class = parts[0] if parts and problem.path != "." else ""
+            return cls(
+                problem.path,
+                "rejected",
+                problem.kind,
+                problem.reason,
+                folder=True,
+                class_name=folder_class,
+            )
+        return cls(
+            problem.name,
+            "rejected",
+            problem.kind,
+            problem.reason,
+            folder=problem.folder,
+            class_name=problem.cls,
+        )
+
+    @classmethod
+    def of(cls, file: SourceFile, status: str, **details: Any) -> FileResult:
+        """The result of one file of a source."""
+        return cls(file.name, status, class_name=file.cls, **details)
+
+    @property
+    def cls(self) -> str:
+        """The class of the file, or "." when it has none (a file at the top level)."""
+        if self.class_name is not None:
+            return self.class_name or "."
+        return class_of(Path(self.path)) or "."
 
 
 @dataclass
@@ -55,8 +86,7 @@ class Summary:
     seconds: float = 0.0
 
     def add(self, result: FileResult) -> None:
-        cls = class_of(Path(result.path)) or "."
-        counts = self.per_class.setdefault(cls, dict.fromkeys(STATUSES, 0))
+        counts = self.per_class.setdefault(result.cls, dict.fromkeys(STATUSES, 0))
         counts[result.status] += 1
         if result.status == "rejected":
             self.rejected.append(result)
@@ -141,7 +171,7 @@ def write_report(path: Path, results: Iterable[FileResult]) -> None:
         writer.writerow(
             [
                 r.path,
-                class_of(Path(r.path)) or "",
+                r.cls if r.cls != "." else "",
                 r.status,
                 r.kind,
                 r.reason,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from cvprep import params
 from cvprep.dataset.duplicates import (
     content_hash,
     group_labels,
@@ -40,23 +42,62 @@ from cvprep.dataset.duplicates import (
     perceptual_hash,
 )
 from cvprep.dataset.engines import Engine, make_engine
-from cvprep.dataset.output import output_lock, read_record, write_record
+from cvprep.dataset.labels import LabelSpec
+from cvprep.dataset.output import (
+    SettingsMismatchError,
+    has_content,
+    output_lock,
+    read_record,
+    remove_stale,
+    write_record,
+)
 from cvprep.dataset.results import Progress, tracked
-from cvprep.errors import ImageError, ParameterError
-from cvprep.files import EmptyTreeError, TreeProblem, check_separate, class_of, list_tree
-from cvprep.io import atomic_write_bytes, copy_atomic, read_image
+from cvprep.dataset.sources import (
+    Problem,
+    ReadFailure,
+    Source,
+    SourceFile,
+    fetch,
+    mapped,
+    open_source,
+    place,
+)
+from cvprep.errors import CvprepError, ImageError, ParameterError, filesystem_errors
+from cvprep.files import EmptyTreeError, check_can_write, check_separate
+from cvprep.io import atomic_write_bytes, read_image
+from cvprep.params import DEFAULT_SEED
 
 COMMAND = "split"
 SPLIT_NAMES = ("train", "val", "test")
 MODES = ("copy", "hardlink", "symlink")
 MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ["path", "class", "split", "sha256", "phash", "group", "reason"]
+MANIFEST_COLUMNS = ["path", "class", "split", "sha256", "phash", "group", "reason", "file"]
+HELD_OUT = ("val", "test")  # splits a source may already have that a split keeps
+MAX_FOLDS = 100
+MAX_NEAR_THRESHOLD = 11
+# Settings that decide where files go: a re-run into an OUT made with others is refused
+# (or, with ``overwrite``, re-splits it). Values for records written before a key existed.
+BINDING_SETTINGS = {
+    "ratios": None,
+    "fixed": None,
+    "kfold": None,
+    "seed": None,
+    "mode": "copy",
+    "group": None,
+    "near_threshold": 6,
+    "min_per_split": 0,
+    "labels": None,
+    "images": None,
+}
 
 
 @dataclass
 class Item:
-    path: str  # relative to the input folder, "class/.../name"
+    path: str  # its name in the source ("class/.../name" in a folder)
     cls: str
+    relative: str = ""  # its path inside a split folder of OUT
+    given: str = ""  # the split the source puts it in ("" when none)
+    file: SourceFile | None = None
     sha256: str = ""
     phash: int = 0
     rejected: str = ""  # reason, when the file does not decode
@@ -86,14 +127,49 @@ class Plan:
                     + " and at least 1 train (fixed)"
                 )
             return {"train": count - held_out, **self.fixed}
+        if self.folds is not None and count < self.folds:
+            raise ParameterError(
+                f"class {cls!r} has {count} images, fewer than kfold={self.folds}: every fold "
+                "needs a validation image of each class; use fewer folds"
+            )
         shares = self.ratios or {name: 1.0 / len(self.names) for name in self.names}
-        return class_targets(count, shares, min_per_split, cls)
+        targets = class_targets(count, shares, min_per_split, cls)
+        if self.ratios is not None and targets["train"] == 0:
+            raise ParameterError(
+                f"`ratios` give class {cls!r} ({count} images) no training image. "
+                f"Received: ratios={','.join(f'{v:g}' for v in self.ratios.values())}"
+            )
+        return targets
 
     def destinations(self, split: str) -> list[str]:
         """The folders under OUT a file of ``split`` is written to."""
-        if self.folds is None:
+        if self.folds is None or split not in self.names:  # a split the source holds out
             return [split]
         return [f"{name}/{'val' if name == split else 'train'}" for name in self.names]
+
+    def without(self, held: set[str]) -> Plan:
+        """The plan for the files a source does not hold out, when it already holds ``held``
+        (val and/or test): those splits are kept as they are, the rest is divided among the
+        other splits, the ratios rescaled (fixed counts of held splits dropped)."""
+        if not held or self.folds is not None:
+            if self.folds is not None and "val" in held:
+                raise ParameterError(
+                    "`kfold`: the source already has a val/ split; k folds are made from "
+                    "the images of a source without one (a test/ split is kept as it is)"
+                )
+            return self
+        if self.fixed is not None:
+            fixed = {name: n for name, n in self.fixed.items() if name not in held}
+            return Plan(("train", *fixed), fixed=fixed)
+        assert self.ratios is not None
+        kept = {name: share for name, share in self.ratios.items() if name not in held}
+        total = sum(kept.values())
+        return Plan(tuple(kept), ratios={name: share / total for name, share in kept.items()})
+
+    def output_names(self, held: set[str]) -> tuple[str, ...]:
+        """Every split folder of OUT: the plan's and those the source holds out."""
+        extra = tuple(name for name in HELD_OUT if name in held and name not in self.names)
+        return self.names + extra
 
     def settings(self) -> dict[str, Any]:
         return {"ratios": self.ratios, "fixed": self.fixed, "kfold": self.folds}
@@ -113,7 +189,11 @@ def parse_ratios(value: str | Sequence[float] | dict[str, float]) -> dict[str, f
         raise ParameterError(
             f"`ratios` should be 2 or 3 comma-separated numbers. Received: ratios={value!r}"
         ) from None
-    if len(values) not in (2, 3) or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6:
+    if (
+        len(values) not in (2, 3)
+        or not all(math.isfinite(v) and v >= 0 for v in values)
+        or abs(sum(values) - 1) > 1e-6
+    ):
         raise ParameterError(
             "`ratios` should be 2 or 3 non-negative numbers summing to 1. "
             f"Received: ratios={value!r}"
@@ -158,8 +238,7 @@ def make_plan(
             f"give one of `ratios`, `fixed` or `kfold`. Received: {', '.join(chosen)}"
         )
     if kfold is not None:
-        if isinstance(kfold, bool) or not isinstance(kfold, int) or kfold < 2:
-            raise ParameterError(f"`kfold` should be an integer >= 2. Received: kfold={kfold!r}")
+        kfold = params.check_int("kfold", kfold, minimum=2, maximum=MAX_FOLDS)
         return Plan(tuple(f"fold_{i}" for i in range(1, kfold + 1)), folds=kfold)
     if fixed is not None:
         counts = parse_fixed(fixed)
@@ -182,8 +261,8 @@ def class_targets(
     if min_per_split:
         if count < min_per_split * len(active):
             raise ParameterError(
-                f"class {cls!r} has {count} images, fewer than min_per_split "
-                f"{min_per_split} × {len(active)} splits"
+                f"class {cls!r} has {count} images, fewer than `min_per_split`={min_per_split} "
+                f"× {len(active)} splits"
             )
         for name in active:
             while targets[name] < min_per_split:
@@ -196,27 +275,23 @@ def class_targets(
 # --------------------------------------------------------------------------- hashing
 @dataclass(frozen=True)
 class HashTask:
-    root: str
-    relative: str
-
-    @property
-    def source(self) -> str:
-        return os.path.join(self.root, self.relative)
+    file: SourceFile
 
 
-def hash_one(task: HashTask, data: bytes | None = None) -> Item:
-    item = Item(task.relative, class_of(Path(task.relative)) or "")
+def hash_one(task: HashTask, data: bytes | ReadFailure | None = None) -> Item:
+    item = _item(task.file)
     try:
-        if data is None:
-            data = Path(task.source).read_bytes()
-        item.sha256 = content_hash(data)
+        raw = fetch(task.file, data)
+        item.sha256 = content_hash(raw)
         # Half-size decoding is plenty for a 32×32 perceptual hash and much faster.
-        item.phash = perceptual_hash(read_image(data, reduce=2))
+        item.phash = perceptual_hash(read_image(raw, reduce=2))
     except ImageError as exc:
         item.rejected = f"{exc.kind}: {exc.reason}"
-    except OSError as exc:
-        item.rejected = f"unreadable: cannot read file ({exc.strerror})"
     return item
+
+
+def _item(file: SourceFile, **details: Any) -> Item:
+    return Item(file.name, file.cls, file.relative, file.split, file, **details)
 
 
 # --------------------------------------------------------------------------- grouping
@@ -247,7 +322,7 @@ def group_items(
         pattern = re.compile(group_regex)
         by_key: dict[str, int] = {}
         for index, item in enumerate(items):
-            match = pattern.search(Path(item.path).name)
+            match = pattern.search(Path(item.relative or item.path).name)
             if not match:
                 continue
             key = match.group(1) if match.groups() else match.group(0)
@@ -294,16 +369,24 @@ def assign_splits(
 ) -> None:
     """Set ``split`` and ``reason`` on every item (see the module docstring).
 
-    ``previous`` maps a path to ``(split, sha256)`` from an earlier manifest.
+    ``previous`` maps a path to ``(split, sha256, ...)`` from an earlier manifest. Items the
+    source already holds out (``given`` val or test) keep that split, and so does their
+    whole group: a copy given another split is excluded (never in two splits).
     """
     groups: dict[int, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
         groups[item.group].append(index)
-    class_sizes = Counter(item.cls for item in items)
+    free = []
+    for members in groups.values():
+        if any(items[i].given in HELD_OUT for i in members):
+            _keep_given(items, members)
+        else:
+            free.append(members)
+    class_sizes = Counter(items[i].cls for members in free for i in members)
     targets = {cls: plan.targets(n, cls, min_per_split) for cls, n in class_sizes.items()}
     current = {cls: dict.fromkeys(plan.names, 0) for cls in class_sizes}
     fresh = []
-    for members in groups.values():
+    for members in free:
         kept = [
             previous[items[i].path][0]
             for i in members
@@ -325,7 +408,25 @@ def assign_splits(
         )
         _place(items, members, split, current, reason)
     for index, text in (join_reasons or {}).items():
-        items[index].reason = f"{text}: kept in the same split"
+        if not items[index].excluded:
+            items[index].reason = f"{text}: kept in the same split"
+
+
+def _keep_given(items: list[Item], members: list[int]) -> None:
+    """A group holding files the source puts in val or test: it stays there (test first);
+    its other files are copies that would leak, and are left out."""
+    given = {items[i].given for i in members}
+    split = "test" if "test" in given else "val"
+    anchor = next(items[i] for i in members if items[i].given == split)
+    for index in members:
+        item = items[index]
+        if item.given == split:
+            item.split, item.reason = split, f"kept in {split}/, as the source has it"
+        else:
+            item.excluded = (
+                f"a copy of {anchor.path}, which the source puts in {split}/: left out so "
+                "that no picture is in two splits"
+            )
 
 
 def _place(
@@ -342,12 +443,23 @@ def _place(
 
 
 # --------------------------------------------------------------------------- manifest & files
-def read_manifest(output: Path) -> dict[str, tuple[str, str]]:
+def read_manifest(output: Path) -> dict[str, tuple[str, str, str]]:
+    """An earlier run's manifest: each name's ``(split, sha256, file)``."""
     path = output / MANIFEST
     if not path.exists():
         return {}
     with path.open(newline="") as handle:
-        return {row["path"]: (row["split"], row["sha256"]) for row in csv.DictReader(handle)}
+        # A damaged manifest only costs its promises (kept splits, vouched copies): every
+        # copy it no longer vouches for is checked against its input.
+        return {
+            row["path"]: (
+                row.get("split") or "",
+                row.get("sha256") or "",
+                row.get("file") or row["path"],  # manifests before sources: the path
+            )
+            for row in csv.DictReader(handle)
+            if row.get("path")
+        }
 
 
 def write_manifest(output: Path, items: list[Item]) -> None:
@@ -371,55 +483,118 @@ def write_manifest(output: Path, items: list[Item]) -> None:
                 f"{item.phash:016x}" if hashed else "",
                 item.group if hashed and item.group >= 0 else "",
                 why,
+                item.relative,
             ]
         )
     atomic_write_bytes(output / MANIFEST, buffer.getvalue().encode())
 
 
+SPLIT_FOLDER = re.compile(r"^(train|val|test|fold_\d+)$")
+
+
+@dataclass
+class Changes:
+    """What a run changed in OUT besides new files."""
+
+    written: int = 0
+    replaced: list[str] = field(default_factory=list)  # in OUT: a copy that was not its input
+    removed: list[str] = field(default_factory=list)  # in OUT: files no split should hold
+
+
 def materialise(
-    source: Path,
+    source: Source,
     output: Path,
     items: list[Item],
     plan: Plan,
     mode: str,
-    previous: dict[str, tuple[str, str]],
-) -> int:
-    """Create ``output/<destination>/<class>/...`` for every assigned item; returns files
-    written. Files already in place are left alone; a file whose split changed is removed from
-    its old place, so nothing is in two splits."""
-    written = 0
-    for item in items:
-        if not item.split:
+    manifest: dict[str, tuple[str, str, str]],
+) -> Changes:
+    """Make OUT's split folders hold exactly the assigned items, each a copy (or link) of its
+    input as it is now.
+
+    Everything else in those folders goes first — files of deleted or excluded inputs, files
+    whose split changed, leftovers of an interrupted run or of another layout — so that no
+    file is ever in two splits, even when this run is killed midway. Then every missing or
+    outdated file is written. ``manifest`` (the previous run's) only saves re-reading copies
+    that it vouches for."""
+    wanted = {
+        f"{destination}/{item.relative}": item
+        for item in items
+        if item.split
+        for destination in plan.destinations(item.split)
+    }
+    roots = [p.name for p in output.iterdir() if p.is_dir() and SPLIT_FOLDER.match(p.name)]
+    changes = Changes(removed=remove_stale(output, set(wanted), roots))
+    pending: dict[SourceFile, list[Path]] = defaultdict(list)
+    for relative, item in sorted(wanted.items()):
+        target = output / relative
+        if not (target.exists() or target.is_symlink()):
+            changes.written += 1
+        elif _is_copy_of(item, target, mode, manifest):
             continue
-        wanted = plan.destinations(item.split)
-        old = previous.get(item.path)
-        if old and old[0] != item.split and old[0] in plan.names:
-            for stale in set(plan.destinations(old[0])) - set(wanted):
-                stale_path = output / stale / item.path
-                if stale_path.is_file() or stale_path.is_symlink():
-                    stale_path.unlink()
-        for destination in wanted:
-            target = output / destination / item.path
-            if target.exists() or target.is_symlink():
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(source / item.path, target, mode)
-            written += 1
-    return written
+        else:
+            changes.replaced.append(relative)
+        assert item.file is not None
+        pending[item.file].append(target)
+    _write(source, pending, mode)
+    return changes
 
 
-def _link_or_copy(source: Path, target: Path, mode: str) -> None:
+def _write(source: Source, pending: dict[SourceFile, list[Path]], mode: str) -> None:
+    """Write every target: files of their own are copied or linked where they are; the
+    bytes of archive members and array images are read once each (one pass over a
+    compressed tar)."""
+    for file, targets in pending.items():
+        if file.path is not None:
+            for target in targets:
+                _link_or_copy(file, target, mode)
+    unread = [file for file in pending if file.path is None]
+    for file, data in source.read_all(unread):
+        if isinstance(data, ReadFailure):  # it was read when hashed: changed since
+            raise CvprepError(f"{file.name}: {data.reason} (it changed during the split)")
+        for target in pending[file]:
+            place(file, target, data=data)
+
+
+def _is_copy_of(
+    item: Item, target: Path, mode: str, manifest: dict[str, tuple[str, str, str]]
+) -> bool:
+    """Whether ``target`` already is what this run would write for ``item``."""
+    assert item.file is not None
+    if mode == "symlink":
+        assert item.file.path is not None
+        return target.is_symlink() and os.readlink(target) == str(Path(item.file.path).resolve())
+    if target.is_symlink():
+        return False
+    if mode == "hardlink":
+        assert item.file.path is not None
+        return os.path.samefile(item.file.path, target)
+    vouched = manifest.get(item.path, ("", ""))[1] == item.sha256
+    if vouched and target.stat().st_size == item.file.size:
+        return True
+    return content_hash(target.read_bytes()) == item.sha256
+
+
+def _link_or_copy(file: SourceFile, target: Path, mode: str) -> None:
+    """Create or replace ``target`` atomically: a reader never sees a partial file."""
+    if mode == "copy":
+        place(file, target)
+        return
+    assert file.path is not None
+    source = Path(file.path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+    temporary.unlink(missing_ok=True)
     if mode == "hardlink":
         try:
-            os.link(source, target)
+            os.link(source, temporary)
         except OSError as exc:
             raise ParameterError(
                 f"cannot hard-link {source} to {target} ({exc.strerror}); use mode copy or symlink"
             ) from exc
-    elif mode == "symlink":
-        os.symlink(source.resolve(), target)
     else:
-        copy_atomic(source, target)
+        os.symlink(source.resolve(), temporary)
+    os.replace(temporary, target)
 
 
 # --------------------------------------------------------------------------- exclusions
@@ -462,6 +637,8 @@ class SplitResult:
     dry_run: bool = False
     grouped: int = 0
     conflicts: list[list[str]] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # OUT files rewritten from their input
+    removed: dict[str, str] = field(default_factory=dict)  # OUT file → why it had to go
 
     @property
     def rows(self) -> dict[str, dict[str, int]]:
@@ -487,6 +664,8 @@ class SplitResult:
             "per_class": self.rows,
             "splits": list(self.names),
             "written": self.written,
+            "replaced": self.replaced,
+            "removed": self.removed,
             "dry_run": self.dry_run,
             "rejected": self.rejected,
             "excluded": {i.path: i.excluded for i in self.items if i.excluded},
@@ -496,19 +675,23 @@ class SplitResult:
         }
 
 
+@filesystem_errors
 def split(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Source,
     output: str | os.PathLike[str],
     *,
+    labels: str | os.PathLike[str] | LabelSpec | None = None,
+    images: str | os.PathLike[str] | None = None,
     ratios: str | Sequence[float] | dict[str, float] | None = None,
     fixed: str | Sequence[int] | None = None,
     kfold: int | None = None,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     mode: str = "copy",
     group: str | None = None,
     near_threshold: int | None = 6,
     min_per_split: int = 0,
     exclude: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
     dry_run: bool = False,
     workers: int | None = None,
     engine: str | Engine = "local",
@@ -522,18 +705,25 @@ def split(
     ``output/manifest.csv`` keep their split when new images are added. Exact and near
     duplicates (resized or re-encoded copies) always land in the same split or fold.
 
+    A re-run brings ``output`` in line with ``source``: new images are added, changed ones
+    are copied again (``replaced``), the copies of deleted or excluded ones are removed
+    (``removed``, with the reason), and what an interrupted run left is tidied up — the
+    removals first, so no file is ever in two splits. A re-run with other settings (seed,
+    ratios, fixed, kfold, mode, group, near_threshold, min_per_split) is refused unless
+    ``overwrite``, which re-splits the folder.
+
     Parameters
     ----------
     source, output : path
         A folder of class subfolders, and where to write the split.
     ratios : "TRAIN,VAL[,TEST]" or sequence, optional
-        Shares summing to 1 (default ``0.8,0.1,0.1``).
+        Shares summing to 1 (default ``0.8,0.1,0.1``); every class must get a training image.
     fixed : "VAL[,TEST]" or sequence, optional
         Fixed numbers of images per class for val (and test); the rest goes to train. A class
         too small for them is refused.
     kfold : int, optional
         ``K`` stratified folds: ``output/fold_i/val`` holds fold ``i``, ``output/fold_i/train``
-        the other folds.
+        the other folds. Every class needs at least ``K`` images.
     seed : int
         Decides the assignment (with the files' content, not their names).
     mode : {"copy", "hardlink", "symlink"}
@@ -548,6 +738,8 @@ def split(
     exclude : path, optional
         Leave out the files listed in a CSV with a ``path`` column (``cvprep inspect``'s
         findings); ``"findings.csv:blurry,dark"`` only those issue kinds.
+    overwrite : bool
+        Re-split an ``output`` made with other settings (files move between splits).
     dry_run : bool
         Decide and count, but write nothing.
 
@@ -555,7 +747,8 @@ def split(
     -------
     SplitResult
         Its ``conflicts`` lists groups of identical pictures filed under different classes:
-        they are kept (in one split) and reported, never silently resolved.
+        they are kept (in one split) and reported, never silently resolved. Files outside
+        class folders are listed as rejected.
 
     Examples
     --------
@@ -568,82 +761,55 @@ def split(
     >>> len(list((tmp / "folds" / "fold_1" / "val" / "round").iterdir()))
     2
     """
-    root, out = Path(source), Path(output)
+    data = open_source(source, labels=labels, images=images)
+    root, out = data.location, Path(output)
     plan = make_plan(ratios, fixed, kfold)
-    if mode not in MODES:
-        raise ParameterError(f"`mode` should be one of {', '.join(MODES)}. Received: mode={mode!r}")
-    if group:
-        try:
-            re.compile(group)
-        except re.error as exc:
-            raise ParameterError(
-                f"`group` is not a valid regex ({exc}). Received: group={group!r}"
-            ) from None
-    if near_threshold is not None and not 0 <= near_threshold <= 11:
+    settings = _settings(plan, seed, mode, group, near_threshold, min_per_split, exclude)
+    settings.update({"labels": None, "images": None, **data.settings()})
+    params.check_bool("overwrite", overwrite)
+    params.check_bool("dry_run", dry_run)
+    if mode != "copy" and not data.on_disk:
         raise ParameterError(
-            "`near_threshold` should be between 0 and 11 or None. "
-            f"Received: near_threshold={near_threshold}"
+            f"`mode` {mode} links files, and the images of {root.name} are not files of their "
+            "own (archive members or arrays): use mode copy"
         )
     excluded = read_exclusions(exclude) if exclude is not None else {}
     check_separate(root, out)
-    tree = list_tree(root)
-    files = tree.in_classes()
+    if not dry_run:
+        check_can_write(out)
+    files = [file for file in data.files if file.cls]
     if not files:
-        raise EmptyTreeError(root, "no image files in class subfolders")
-    previous_record = read_record(out)
-    if previous_record.get("command") == COMMAND and not dry_run:
-        _check_same_layout(out, previous_record, plan)
+        hint = "for classes in the file names use --labels name" if data.files else ""
+        raise EmptyTreeError(root, "no image files in class subfolders", hint)
+    held = {file.split for file in files if file.split in HELD_OUT}
+    assigned = plan.without(held)
+    _check_class_sizes(files, excluded, assigned)
+    _check_previous_run(out, settings, overwrite)
     runner = make_engine(engine, workers=workers, ray_address=ray_address)
-    tasks = [HashTask(str(root), str(path)) for path in files if str(path) not in excluded]
-    items = list(tracked(runner.map(hash_one, tasks), len(tasks), "hashing", progress))
-    items += [
-        Item(str(path), class_of(path) or "", excluded=excluded[str(path)])
-        for path in files
-        if str(path) in excluded
-    ]
-    items += [_problem_item(problem) for problem in tree.problems]
-    items.sort(key=lambda item: item.path)  # the pool returns them in any order
+    items = _hashed_items(runner, data, files, excluded, progress)
     good = [item for item in items if not item.rejected and not item.excluded]
     reasons = group_items(good, near_threshold=near_threshold, group_regex=group)
     result = SplitResult(
         root,
         out,
-        plan.names,
+        assigned.output_names(held),
         items,
         dry_run=dry_run,
         grouped=len(reasons),
         conflicts=cross_class_groups(good),
     )
     if dry_run:
-        assign_splits(
-            good,
-            plan,
-            seed=seed,
-            previous=read_manifest(out),
-            min_per_split=min_per_split,
-            join_reasons=reasons,
-        )
+        previous = {} if overwrite else read_manifest(out)
+        _assign(good, assigned, settings, previous, reasons)
         return result
     with output_lock(out, COMMAND):
-        previous = read_manifest(out)
-        assign_splits(
-            good,
-            plan,
-            seed=seed,
-            previous=previous,
-            min_per_split=min_per_split,
-            join_reasons=reasons,
-        )
-        settings = {
-            **plan.settings(),
-            "seed": seed,
-            "mode": mode,
-            "group": group,
-            "near_threshold": near_threshold,
-            "exclude": os.fspath(exclude) if exclude else None,
-        }
+        _check_previous_run(out, settings, overwrite)  # again: another job may have finished
+        manifest = read_manifest(out)
+        _assign(good, assigned, settings, {} if overwrite else manifest, reasons)
         write_record(out, COMMAND, settings, status="in progress")
-        result.written = materialise(root, out, good, plan, mode, previous)
+        changes = materialise(data, out, good, assigned, mode, manifest)
+        result.written, result.replaced = changes.written, changes.replaced
+        result.removed = _removal_reasons(changes.removed, items, manifest)
         write_manifest(out, items)
         write_record(
             out,
@@ -655,21 +821,164 @@ def split(
     return result
 
 
-def _problem_item(problem: TreeProblem) -> Item:
-    return Item(
-        problem.path,
-        class_of(Path(problem.path)) or "",
-        rejected=f"{problem.kind}: {problem.reason}",
+def _settings(
+    plan: Plan,
+    seed: object,
+    mode: object,
+    group: str | None,
+    near_threshold: object,
+    min_per_split: object,
+    exclude: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """The run's settings, each checked (the record compares them with a previous run's)."""
+    if group is not None:
+        if not isinstance(group, str):
+            raise params.fail("group", "a regular expression (text)", group)
+        try:
+            re.compile(group)
+        except re.error as exc:
+            raise ParameterError(
+                f"`group` is not a valid regex ({exc}). Received: group={group!r}"
+            ) from None
+    return {
+        **plan.settings(),
+        "seed": params.check_seed(seed),
+        "mode": params.check_choice("mode", mode, MODES),
+        "group": group or None,
+        "near_threshold": params.check_optional_int(
+            "near_threshold", near_threshold, minimum=0, maximum=MAX_NEAR_THRESHOLD
+        ),
+        "min_per_split": params.check_int("min_per_split", min_per_split, minimum=0),
+        "exclude": os.fspath(exclude) if exclude else None,
+    }
+
+
+def _check_class_sizes(files: list[SourceFile], excluded: dict[str, str], plan: Plan) -> None:
+    """Refuse impossible targets (too few images for the folds or the fixed counts, no
+    training image) before hashing every file; the assignment checks again what remains
+    after rejects. Files the source holds out are not split, so not counted."""
+    counts = Counter(
+        file.cls for file in files if file.name not in excluded and file.split not in HELD_OUT
+    )
+    for cls, count in sorted(counts.items()):
+        plan.targets(count, cls)
+
+
+def _check_previous_run(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """An OUT is new, empty, or an earlier split with the same settings (with ``overwrite``,
+    any earlier split). Anything else is refused: re-splitting deletes files there."""
+    record = read_record(out)
+    if not record:
+        if has_content(out):
+            raise SettingsMismatchError(
+                f"{out} is not empty and has no cvprep run record (cvprep.json): "
+                "split into a new output folder"
+            )
+        return
+    if record.get("command") != COMMAND:
+        raise SettingsMismatchError(
+            f"{out} was made by `cvprep {record.get('command')}`, not `cvprep split`: "
+            "split into a new output folder"
+        )
+    previous = record.get("settings", {})
+    changed = [
+        name
+        for name, default in BINDING_SETTINGS.items()
+        if previous.get(name, default) != settings[name]
+    ]
+    if changed and not overwrite:
+        was = ", ".join(_setting_text(n, previous.get(n, BINDING_SETTINGS[n])) for n in changed)
+        now = ", ".join(_setting_text(n, settings[n]) for n in changed)
+        raise SettingsMismatchError(
+            f"{out} holds a split made with {was}; this one has {now}. Use --overwrite "
+            "(overwrite=True) to re-split it there (files move between splits), or a new "
+            "output folder"
+        )
+
+
+def _setting_text(name: str, value: Any) -> str:
+    if name == "kfold":
+        return f"a {value}-fold layout" if value else "a train/val/test layout"
+    if isinstance(value, dict):  # ratios or fixed counts, as typed on the command line
+        value = ",".join(f"{v:g}" for v in value.values())
+    return f"{name}={value}"
+
+
+def _hashed_items(
+    runner: Engine,
+    source: Source,
+    files: list[SourceFile],
+    excluded: dict[str, str],
+    progress: Progress | None,
+) -> list[Item]:
+    """An item per file: hashed, or excluded, or rejected (unreadable, a problem of the
+    source, or a file without a class), sorted by name."""
+    tasks = [HashTask(file) for file in files if file.name not in excluded]
+    mapping = mapped(runner, hash_one, tasks, source)
+    items = list(tracked(mapping, len(tasks), "hashing", progress))
+    items += [_item(file, excluded=excluded[file.name]) for file in files if file.name in excluded]
+    items += [_problem_item(problem) for problem in source.problems]
+    items += [
+        Item(
+            file.name,
+            ".",
+            file.relative,
+            file.split,
+            file,
+            rejected="not_in_class: a file outside the class folders",
+        )
+        for file in source.files
+        if not file.cls
+    ]
+    items.sort(key=lambda item: item.path)  # the pool returns them in any order
+    return items
+
+
+def _assign(
+    good: list[Item],
+    plan: Plan,
+    settings: dict[str, Any],
+    previous: dict[str, tuple[str, str]],
+    reasons: dict[int, str],
+) -> None:
+    assign_splits(
+        good,
+        plan,
+        seed=settings["seed"],
+        previous=previous,
+        min_per_split=settings["min_per_split"],
+        join_reasons=reasons,
     )
 
 
-def _check_same_layout(out: Path, record: dict[str, Any], plan: Plan) -> None:
-    """Re-running into an earlier split's output adds images to it; it may not switch between
-    train/val/test and k folds, or change the number of folds."""
-    before = record.get("settings", {}).get("kfold")
-    if before != plan.folds:
-        layout = {None: "train/val/test"}
-        raise ParameterError(
-            f"{out} holds a {layout.get(before, f'{before}-fold')} split; this one would be "
-            f"{layout.get(plan.folds, f'{plan.folds}-fold')}: use a new output folder"
+def _removal_reasons(
+    removed: list[str], items: list[Item], manifest: dict[str, tuple[str, str, str]]
+) -> dict[str, str]:
+    """Why each file removed from OUT had to go (its path there starts with the split)."""
+    by_relative: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        by_relative[item.relative].append(item)
+    listed = {entry[2] for entry in manifest.values()}
+    reasons = {}
+    for relative in removed:
+        parts = relative.split("/")
+        path = "/".join(parts[2:] if parts[0].startswith("fold_") else parts[1:])
+        candidates = by_relative.get(path, [])
+        # The same path in two split folders of the source: the one this folder held.
+        item = next((c for c in candidates if c.given == parts[0]), None) or next(
+            iter(candidates), None
         )
+        if item is None:
+            why = "its input was deleted" if path in listed else "not part of this split"
+        elif item.excluded:
+            why = f"excluded: {item.excluded}"
+        elif item.rejected:
+            why = f"its input is now rejected: {item.rejected}"
+        else:
+            why = f"moved to {item.split}"
+        reasons[relative] = why
+    return reasons
+
+
+def _problem_item(problem: Problem) -> Item:
+    return Item(problem.name, problem.cls or ".", rejected=f"{problem.kind}: {problem.reason}")

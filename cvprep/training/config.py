@@ -1,12 +1,21 @@
-"""Every setting of a training run, with defaults measured on real photos (README)."""
+"""Every setting of a training run, with defaults measured on real photos (README).
+
+:class:`TrainConfig` is what a caller asks for: frozen, checked when it is made (one
+``ParameterError`` naming the setting, through :mod:`cvprep.params`), ``None`` meaning "the
+model's default". :mod:`cvprep.training.plan` resolves it against DATA. The CLI's options and
+their help are built from :data:`LIMITS` and :data:`RECIPES` here, so they cannot drift.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 
+from cvprep import params
 from cvprep.augmentation import PRESET_NAMES
+from cvprep.dataset.engines import MAX_WORKERS
 from cvprep.errors import ParameterError
 from cvprep.pipeline import Pipeline
 
@@ -35,6 +44,7 @@ MODELS = (*FROM_SCRATCH, *BACKBONES)
 RESIZE_MODES = ("stretch", "pad", "crop")
 CACHE_MODES = ("auto", "memory", "disk")
 MIN_SIZE = {"classic": 46, "cnn": 32}  # classic: four valid 3×3 convs + pools leave 1×1
+SCRATCH_SIZE = 150
 
 
 @dataclass(frozen=True)
@@ -72,17 +82,154 @@ RECIPES = {
     "mobilenet": replace(_BACKBONE, img_size=288),
     "mobilenet_v2": replace(_BACKBONE, img_size=288),
 }
+# The settings a recipe fills in when they are left out (None).
+RECIPE_SETTINGS = (
+    "epochs",
+    "learning_rate",
+    "augment",
+    "label_smoothing",
+    "fine_tune_epochs",
+    "fine_tune_learning_rate",
+    "unfreeze",
+)
 
 
 def recipe_for(model: str) -> Recipe:
     return RECIPES[model] if model in RECIPES else RECIPES["backbone"]
 
 
-@dataclass
-class TrainConfig:
-    """Every argument of a training run (written to ``config.json``).
+def image_size(model: str, img_size: int | None = None) -> int:
+    """The square input size: ``img_size``, else the recipe's, else the model's own."""
+    if img_size:
+        return img_size
+    recipe_size = recipe_for(model).img_size
+    if recipe_size:
+        return recipe_size
+    return SCRATCH_SIZE if model in FROM_SCRATCH else BACKBONES[model].default_size
 
-    ``None`` means "the model's default" (see :data:`RECIPES`); :meth:`resolved` fills it in.
+
+def default_for(model: str, name: str) -> Any:
+    """The value setting ``name`` takes for ``model`` when it is left out."""
+    return image_size(model) if name == "img_size" else getattr(recipe_for(model), name)
+
+
+def describe_default(name: str, models: Sequence[str] = MODELS) -> str:
+    """The defaults of ``name`` over ``models``, for help texts: ``"medium"`` when they all
+    share it, else ``"60 (cnn), 30 (classic), 5 (mobilenet, …)"``."""
+    groups: dict[str, list[str]] = {}
+    for model in models:
+        value = default_for(model, name)
+        groups.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(
+            model
+        )
+    if len(groups) == 1:
+        return next(iter(groups))
+    return ", ".join(f"{value} ({', '.join(models)})" for value, models in groups.items())
+
+
+# --------------------------------------------------------------------------- checks
+@dataclass(frozen=True)
+class Limit:
+    """The allowed values of a numeric setting (the CLI's option types use the same)."""
+
+    kind: Literal["int", "number"]
+    minimum: float | None = None
+    maximum: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    optional: bool = False  # None allowed: the recipe's default, or "all cores"
+
+    def check(self, name: str, value: object) -> Any:
+        if value is None and self.optional:
+            return None
+        if self.kind == "int":
+            low, high = self.minimum, self.maximum
+            return params.check_int(
+                name,
+                value,
+                minimum=None if low is None else int(low),
+                maximum=None if high is None else int(high),
+            )
+        return params.check_number(
+            name,
+            value,
+            minimum=self.minimum,
+            maximum=self.maximum,
+            min_open=self.min_open,
+            max_open=self.max_open,
+        )
+
+
+LIMITS = {
+    "alpha": Limit("number", 0.1, 1.4),
+    "img_size": Limit("int", 32, 1024, optional=True),
+    "epochs": Limit("int", 1, optional=True),
+    "fine_tune_epochs": Limit("int", 0, optional=True),
+    "unfreeze": Limit("int", 0, optional=True),
+    "batch_size": Limit("int", 1),
+    "learning_rate": Limit("number", 0, min_open=True, optional=True),
+    # 0 is what the recipes of models without a backbone (nothing to fine-tune) record.
+    "fine_tune_learning_rate": Limit("number", 0, optional=True),
+    "label_smoothing": Limit("number", 0, 1, max_open=True, optional=True),
+    "val_fraction": Limit("number", 0, 1, min_open=True, max_open=True),
+    "patience": Limit("int", 1),
+    "workers": Limit("int", 0, MAX_WORKERS, optional=True),
+    "num_processes": Limit("int", 1),
+    "process_id": Limit("int", 0),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": MODELS,
+    "resize": RESIZE_MODES,
+    "cache": CACHE_MODES,
+    "augment": PRESET_NAMES,
+}
+
+
+def check_setting(name: str, value: object) -> Any:
+    """One setting of :class:`TrainConfig` on its own (its type and range): the value,
+    normalised, or a ``ParameterError`` naming it. The CLI's option types call this."""
+    if name in LIMITS:
+        return LIMITS[name].check(name, value)
+    if name in CHOICES:
+        if value is None and name == "augment":
+            return None
+        return params.check_choice(name, value, CHOICES[name])
+    if name == "seed":
+        return params.check_seed(value)
+    if name == "distribute":
+        return params.check_bool(name, value)
+    if name == "ops":
+        if not isinstance(value, str | Pipeline):
+            raise params.fail(name, "a pipeline spec (text) or a Pipeline", value)
+        return value
+    return _check_text(name, value)
+
+
+def _check_text(name: str, value: object) -> str:
+    """data, out, weights: a path or a word; coordinator: HOST:PORT or empty."""
+    if isinstance(value, os.PathLike) and name in ("data", "out", "weights"):
+        value = os.fspath(value)
+    if not isinstance(value, str) or (not value and name != "coordinator"):
+        expected = "HOST:PORT text" if name == "coordinator" else "a non-empty path or name"
+        raise params.fail(name, expected, value)
+    return value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every argument of a training run, checked when it is made.
+
+    ``None`` means "the model's default" (see :data:`RECIPES`); :meth:`resolved` fills it
+    in. Frozen: derive another with :func:`dataclasses.replace`. ``ops`` is spec text or a
+    parsed :class:`~cvprep.pipeline.Pipeline` (parsed once, by the plan, when it is text).
+
+    Examples
+    --------
+    >>> TrainConfig("data", "runs/cnn").resolved().epochs
+    60
+    >>> TrainConfig("data", "runs/cnn", learning_rate=float("nan"))
+    Traceback (most recent call last):
+    cvprep.errors.ParameterError: `learning_rate` should be a finite number > 0. Received: ...
     """
 
     data: str
@@ -100,26 +247,54 @@ class TrainConfig:
     fine_tune_learning_rate: float | None = None
     label_smoothing: float | None = None
     augment: str | None = None
-    ops: str = ""
+    ops: str | Pipeline = ""
     val_fraction: float = 0.1
     patience: int = 10
-    seed: int = 1337
+    seed: int = params.DEFAULT_SEED
     cache: str = "auto"
     workers: int | None = None
     distribute: bool = False
     coordinator: str = ""  # HOST:PORT of process 0, for multi-process data parallelism (JAX)
     num_processes: int = 1
     process_id: int = 0
-    data_spec: str = ""  # filled in: the preprocessing recorded in DATA
-    classes: list[str] = field(default_factory=list)  # filled in
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            object.__setattr__(self, item.name, check_setting(item.name, getattr(self, item.name)))
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Settings that are only wrong in combination (each message names both)."""
+        if self.alpha != 1.0 and not (self.model in BACKBONES and BACKBONES[self.model].has_alpha):
+            raise ParameterError(
+                "`alpha` only applies to mobilenet and mobilenet_v2 (`model`). "
+                f"Received: alpha={self.alpha} with model={self.model!r}"
+            )
+        minimum = MIN_SIZE.get(self.model, 32)
+        if self.size < minimum:
+            raise ParameterError(
+                f"`img_size` should be >= {minimum} for {self.model}. "
+                f"Received: img_size={self.size}"
+            )
+        if self.num_processes > 1 and not self.coordinator:
+            raise ParameterError(
+                "`coordinator` (HOST:PORT) is needed with `num_processes` > 1. "
+                f"Received: num_processes={self.num_processes}"
+            )
+        if self.process_id >= self.num_processes:
+            raise ParameterError(
+                f"`process_id` should be below `num_processes` ({self.num_processes}). "
+                f"Received: process_id={self.process_id}"
+            )
+        if self.batch_size % self.num_processes:
+            raise ParameterError(
+                f"`batch_size` should be a multiple of `num_processes` ({self.num_processes}). "
+                f"Received: batch_size={self.batch_size}"
+            )
 
     @property
     def size(self) -> int:
-        if self.img_size:
-            return self.img_size
-        if self.recipe.img_size:
-            return self.recipe.img_size
-        return 150 if self.model in FROM_SCRATCH else BACKBONES[self.model].default_size
+        return image_size(self.model, self.img_size)
 
     @property
     def recipe(self) -> Recipe:
@@ -134,81 +309,17 @@ class TrainConfig:
         return self.recipe.weight_decay
 
     def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` replaced by the model's default."""
-        recipe = self.recipe
-        values = asdict(self)
-        for name in (
-            "epochs",
-            "learning_rate",
-            "augment",
-            "label_smoothing",
-            "fine_tune_epochs",
-            "fine_tune_learning_rate",
-            "unfreeze",
-        ):
-            if values[name] is None:
-                values[name] = getattr(recipe, name)
-        return TrainConfig(**values)
+        """A copy with every ``None`` of a recipe setting replaced by the model's default."""
+        defaults = {n: getattr(self.recipe, n) for n in RECIPE_SETTINGS if getattr(self, n) is None}
+        return replace(self, **defaults)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad argument."""
-        _choice("model", self.model, MODELS)
-        _choice("resize", self.resize, RESIZE_MODES)
-        _choice("cache", self.cache, CACHE_MODES)
-        if self.augment is not None:
-            _choice("augment", self.augment, PRESET_NAMES)
-        if self.alpha != 1.0 and not (self.model in BACKBONES and BACKBONES[self.model].has_alpha):
-            raise ParameterError(
-                f"`alpha` only applies to mobilenet and mobilenet_v2. "
-                f"Received: alpha={self.alpha} with model={self.model!r}"
-            )
-        minimum = MIN_SIZE.get(self.model, 32)
-        if self.size < minimum:
-            raise ParameterError(
-                f"`img_size` should be >= {minimum} for {self.model}. "
-                f"Received: img_size={self.size}"
-            )
-        if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
-            raise ParameterError(
-                f"`weights` should be imagenet, none or a weights file. "
-                f"Received: weights={self.weights!r}"
-            )
-        if not 0 < self.val_fraction < 1:
-            raise ParameterError(
-                "`val_fraction` should be between 0 and 1. "
-                f"Received: val_fraction={self.val_fraction}"
-            )
-        for name in ("epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ParameterError(f"`{name}` should be >= 1. Received: {name}={value}")
-        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise ParameterError(
-                "`label_smoothing` should be in [0, 1). "
-                f"Received: label_smoothing={self.label_smoothing}"
-            )
-        Pipeline.parse(self.ops)
-        if self.num_processes > 1 and not self.coordinator:
-            raise ParameterError("`coordinator` (HOST:PORT) is needed with `num_processes` > 1")
-        if not 0 <= self.process_id < self.num_processes:
-            raise ParameterError(
-                f"`process_id` should be in [0, {self.num_processes}). "
-                f"Received: process_id={self.process_id}"
-            )
-        if self.batch_size % self.num_processes:
-            raise ParameterError(
-                f"`batch_size` should be a multiple of `num_processes`. "
-                f"Received: batch_size={self.batch_size}"
-            )
+        """Check every setting again (they were checked when the config was made)."""
+        replace(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """From a ``config.json`` (keys that are not settings, such as ``classes``, are
+        left out)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
-
-
-def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ParameterError(
-            f"`{name}` should be one of {', '.join(choices)}. Received: {name}={value!r}"
-        )

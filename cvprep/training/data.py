@@ -10,43 +10,59 @@ epoch costs about what the model's own compute costs.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cvprep import ops
-from cvprep.augmentation import get_preset
+from cvprep.augmentation import get_preset, to_keras_layers
 from cvprep.dataset.engines import default_workers
 from cvprep.errors import CvprepError, ImageError, ParameterError
 from cvprep.files import EmptyTreeError, class_of, list_tree
 from cvprep.io import read_image
-from cvprep.pipeline import Pipeline, pipeline_from_json
+from cvprep.pipeline import Pipeline
 
 SPLITS = ("train", "val", "test")
 MEMORY_SHARE = 0.25  # cache in memory up to this share of the machine's RAM
 
 
-@dataclass
+@dataclass(frozen=True)
 class Split:
-    files: list[str]  # absolute paths
-    labels: list[int]
+    """The image files of one split folder that are in a known class, with their labels."""
+
+    files: tuple[str, ...]  # absolute paths
+    labels: tuple[int, ...]
+    # Files of the folder outside every known class folder: (path, its folder's class name,
+    # or None for a file at the top level).
+    outside: tuple[tuple[str, str | None], ...] = ()
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def describe_outside(self) -> dict[str, str]:
+        """Each file outside the known classes, with why it is not used."""
+        return {
+            path: "not in a class folder"
+            if cls is None
+            else f"class folder {cls!r} is not one of the model's classes"
+            for path, cls in self.outside
+        }
 
-def list_split(folder: Path, classes: list[str]) -> Split:
-    files, labels = [], []
+
+def list_split(folder: Path, classes: Sequence[str]) -> Split:
+    files, labels, outside = [], [], []
     for relative in list_tree(folder).files:
         cls = class_of(relative)
         if cls in classes:
             files.append(str(folder / relative))
             labels.append(classes.index(cls))
-    return Split(files, labels)
+        else:
+            outside.append((str(folder / relative), cls))
+    return Split(tuple(files), tuple(labels), tuple(outside))
 
 
 def discover(data: Path) -> tuple[list[str], dict[str, Split]]:
@@ -73,18 +89,20 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
         members = np.flatnonzero(labels == label)
         count = min(len(members) - 1, max(1, round(fraction * len(members))))
         held[rng.choice(members, count, replace=False)] = True
-    return _subset(train, np.flatnonzero(~held)), _subset(train, np.flatnonzero(held))
+    kept = replace(_subset(train, np.flatnonzero(~held)), outside=train.outside)
+    return kept, _subset(train, np.flatnonzero(held))
 
 
 def _subset(split: Split, indices: Any) -> Split:
-    return Split([split.files[i] for i in indices], [split.labels[i] for i in indices])
+    return Split(tuple(split.files[i] for i in indices), tuple(split.labels[i] for i in indices))
 
 
 def process_shard(split: Split, seed: int, num_processes: int, process_id: int) -> Split:
     """This process's equal share of the training files (same shuffle in every process)."""
     order = np.random.default_rng(seed).permutation(len(split.files))
     per_process = len(order) // num_processes
-    return _subset(split, order[process_id * per_process : (process_id + 1) * per_process])
+    share = _subset(split, order[process_id * per_process : (process_id + 1) * per_process])
+    return replace(share, outside=split.outside)
 
 
 # --------------------------------------------------------------------------- decode once
@@ -92,7 +110,7 @@ def process_shard(split: Split, seed: int, num_processes: int, process_id: int) 
 class LoadTask:
     index: int
     path: str
-    spec_json: str
+    pipeline: Pipeline  # --ops (threads share the parsed pipeline: nothing is re-parsed)
     size: int
     resize: str
     gray: bool  # files hold one channel (preprocessed to grayscale or edges)
@@ -117,8 +135,7 @@ def load_one(task: LoadTask, data: bytes | None = None) -> tuple[int, np.ndarray
         )
     except ImageError as exc:
         return task.index, None, f"[{exc.kind}] {exc.reason}"
-    pipeline = pipeline_from_json(task.spec_json)
-    return task.index, prepare_image(image, pipeline, task.size, task.resize), ""
+    return task.index, prepare_image(image, task.pipeline, task.size, task.resize), ""
 
 
 @dataclass
@@ -171,9 +188,8 @@ def load_split(
         log(f"caching {len(split)} images on disk ({needed / 1024**2:.0f} MiB): {cache_file}")
     else:
         images = np.empty(shape, np.uint8)
-    spec_json = pipeline.to_json()
     gray = stored_channels == 1
-    tasks = [LoadTask(i, f, spec_json, size, resize, gray) for i, f in enumerate(split.files)]
+    tasks = [LoadTask(i, f, pipeline, size, resize, gray) for i, f in enumerate(split.files)]
     ok = np.zeros(len(split), bool)
     skipped = {}
     # Threads, not processes: OpenCV releases the GIL while decoding and resizing, and the
@@ -200,54 +216,6 @@ def load_split(
 
 
 # --------------------------------------------------------------------------- tf.data
-def augmentation_layers(preset_name: str, seed: int) -> list[Any]:
-    """The preset (:mod:`cvprep.augmentation`) as Keras layers, applied to whole batches."""
-    import keras
-
-    from cvprep import keras_layers as kl
-
-    preset = get_preset(preset_name)
-    layers: list[Any] = []
-    if preset.rotation or preset.zoom or preset.shift:  # the flip is part of the same warp
-        layers.append(
-            kl.RandomAffine(
-                preset.rotation,
-                preset.zoom,
-                preset.shift,
-                flip=preset.flip,
-                border="reflect",
-                seed=seed,
-            )
-        )
-    elif preset.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if preset.brightness or preset.contrast:
-        layers.append(kl.RandomBrightnessContrast(preset.brightness, preset.contrast, seed=seed))
-    if preset.blur_probability:
-        layers.append(
-            kl.RandomGaussianBlur(preset.blur_sigma, probability=preset.blur_probability, seed=seed)
-        )
-    if preset.noise:
-        layers.append(_PixelNoise(preset.noise, seed=seed))
-    return layers
-
-
-class _PixelNoise:
-    """Keras' ``GaussianNoise`` (standard deviation as a fraction of 255) on [0, 255] pixels."""
-
-    def __init__(self, stddev: float, seed: int) -> None:
-        import keras
-
-        self.noise = keras.layers.GaussianNoise(stddev, seed=seed)
-        self.stddev = stddev
-
-    def __call__(self, images: Any, training: bool = False) -> Any:
-        import tensorflow as tf  # tf.data runs TensorFlow whatever the Keras backend
-
-        noisy = self.noise(images / 255.0, training=training) * 255.0
-        return tf.clip_by_value(noisy, 0.0, 255.0)
-
-
 def encode_labels(labels: Any, num_classes: int) -> Any:
     import tensorflow as tf
 
@@ -291,7 +259,7 @@ def make_dataset(
         dataset = dataset.shuffle(len(cached), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=exact)
     dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
-    layers = augmentation_layers(augment, seed) if training else []
+    layers = to_keras_layers(get_preset(augment), seed) if training else []
     if layers:
 
         def augment_batch(batch: Any, batch_labels: Any) -> tuple[Any, Any]:

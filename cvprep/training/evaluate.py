@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from cvprep.errors import CvprepError, ImageError, ParameterError
+from cvprep.dataset.preprocess import read_preprocessing_record
+from cvprep.errors import CvprepError, ImageError, ParameterError, filesystem_errors
 from cvprep.files import EmptyTreeError, list_tree
 from cvprep.io import read_image
 from cvprep.training.data import list_split
 from cvprep.training.run import Run, load_run, write_json
 
 BATCH_SIZE = 32
+LISTED = 10  # rejected files named in an error message; the result lists them all
 
 
 @dataclass
@@ -209,20 +211,57 @@ class Evaluation:
 
 
 def evaluate_folder(predictor: Predictor, folder: Path, split_name: str = "") -> Evaluation:
-    """Predict every image of ``folder`` (class subfolders) and score it."""
+    """Predict every image of ``folder``'s class subfolders and score it.
+
+    Images the model cannot score are never dropped silently: those in class folders the
+    model does not know, or at the top level of ``folder``, are listed in
+    ``metrics["rejected"]`` with the reason (and the unknown classes in
+    ``metrics["unknown_classes"]``), like unreadable ones; ``cvprep evaluate`` prints them
+    and exits 1. The known classes are still scored: their figures stay meaningful, and the
+    exit status and the listing say that something was left out (refusing would only force
+    the user to copy the folder without it).
+    """
     classes = predictor.classes
     split = list_split(folder, classes)
+    outside = split.describe_outside()
+    if not split.files and outside:
+        raise CvprepError(
+            f"{folder}: no images of the model's classes {', '.join(classes)}, only "
+            f"{len(outside)} other file(s): {_some(outside)}"
+        )
     if not split.files:
         raise EmptyTreeError(folder, f"no images of classes {classes}")
     predictions = predictor.predict_files(split.files)
+    unreadable = {p.path: p.error for p in predictions if p.error}
+    if len(unreadable) == len(predictions):
+        raise CvprepError(
+            f"nothing to score in {folder}: all {len(predictions)} images of the model's "
+            f"classes were rejected: {_some(unreadable)}"
+        )
     good = [(p, label) for p, label in zip(predictions, split.labels, strict=True) if not p.error]
     truth = np.array([label for _, label in good], int)
     predicted = np.array([classes.index(p.label) for p, _ in good], int)
     metrics = metrics_from_predictions(truth, predicted, classes)
     metrics["evaluated_on"] = str(folder)
     metrics["split"] = split_name or folder.name
-    metrics["rejected"] = {p.path: p.error for p in predictions if p.error}
+    metrics["rejected"] = {**unreadable, **outside}
+    metrics["unknown_classes"] = _count_classes(split.outside)
     return Evaluation(metrics, predictions, [classes[label] for label in split.labels])
+
+
+def _some(reasons: dict[str, str]) -> str:
+    """The first few ``file (reason)`` pairs, for one-line messages."""
+    shown = "; ".join(f"{path} ({reason})" for path, reason in list(reasons.items())[:LISTED])
+    more = len(reasons) - LISTED
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def _count_classes(outside: tuple[tuple[str, str | None], ...]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, cls in outside:
+        if cls is not None:
+            counts[cls] = counts.get(cls, 0) + 1
+    return counts
 
 
 def evaluation_folder(data: Path) -> tuple[Path, str]:
@@ -233,6 +272,7 @@ def evaluation_folder(data: Path) -> tuple[Path, str]:
     return data, data.name
 
 
+@filesystem_errors
 def evaluate(
     run: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -256,13 +296,12 @@ def evaluate(
     >>> 0.0 <= result.accuracy <= 1.0
     True
     """
-    from cvprep.dataset.preprocess import preprocessing_record
     from cvprep.training import report
 
     loaded = load_run(run)
     data = Path(data)
-    recorded = preprocessing_record(data).get("settings", {}).get("spec", "")
-    if recorded and recorded == loaded.config.get("data_spec"):
+    recorded = read_preprocessing_record(data).spec
+    if recorded and recorded == loaded.data_spec:
         raise CvprepError(
             f"{data} was preprocessed with {recorded!r}, which the model already applies to raw "
             "images: evaluate on the raw (split) folder instead"
@@ -302,6 +341,7 @@ def image_paths(sources: Iterable[Source]) -> list[Path | np.ndarray]:
     return paths
 
 
+@filesystem_errors
 def predict(
     run: str | os.PathLike[str] | Run,
     images: Iterable[Source],

@@ -11,11 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from cvprep.dataset.preprocess import preprocessing_record
-from cvprep.errors import CvprepError, ImageError, ParameterError
-from cvprep.files import list_tree
-from cvprep.io import read_image
-from cvprep.training.run import load_run
+from cvprep.dataset.preprocess import read_preprocessing_record
+from cvprep.errors import (
+    CvprepError,
+    FileSystemError,
+    ImageError,
+    ParameterError,
+    filesystem_errors,
+)
+from cvprep.files import check_can_write, list_tree
+from cvprep.io import atomic_write_bytes, read_image
+from cvprep.training.run import Run, load_run
 
 FORMATS = ("savedmodel", "tflite")
 REAL_IMAGES = 8
@@ -31,6 +37,7 @@ class ExportResult:
     max_difference: float
 
 
+@filesystem_errors
 def export(
     run: str | os.PathLike[str],
     fmt: str = "savedmodel",
@@ -58,19 +65,29 @@ def export(
     loaded = load_run(run)
     if fmt == "savedmodel":
         path = Path(output) if output else loaded.folder / "export" / "savedmodel"
+        _check_output(path, folder=True)
         loaded.model.export(str(path), verbose=False)
         predict = saved_model_predictor(path)
         tolerance = 1e-4
     else:
         name = "model-quantized.tflite" if quantize else "model.tflite"
         path = Path(output) if output else loaded.folder / "export" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(to_tflite(loaded.model, quantize=quantize))
+        _check_output(path, folder=False)
+        atomic_write_bytes(path, to_tflite(loaded.model, quantize=quantize))
         predict = tflite_predictor(path)
         tolerance = 0.05 if quantize else 1e-4
-    images = check_images(loaded.config)
+    images = check_images(loaded)
     difference = compare_predictions(loaded.model, predict, images, tolerance)
     return ExportResult(path, fmt, len(images), difference)
+
+
+def _check_output(path: Path, *, folder: bool) -> None:
+    """Before the (slow) conversion: the output can be written, and is of the right kind."""
+    check_can_write(path)
+    if folder and path.exists() and not path.is_dir():
+        raise FileSystemError(str(path), "is a file: a SavedModel is written as a folder")
+    if not folder and path.is_dir():
+        raise FileSystemError(str(path), "is a folder: a TFLite model is written as a file")
 
 
 def to_tflite(model: Any, *, quantize: bool) -> bytes:
@@ -109,11 +126,22 @@ def tflite_predictor(path: Path) -> Any:
     return predict
 
 
-def check_images(config: dict[str, Any]) -> list[np.ndarray]:
+def check_images(run: Run) -> list[np.ndarray]:
     """Raw images of the run (test, val, train of its raw data) and generated ones."""
-    data = Path(config.get("data", ""))
-    record = preprocessing_record(data) if data.is_dir() else {}
-    raw = Path(record["source"]) if record.get("source") else data
+    images: list[np.ndarray] = []
+    data = run.data
+    if data is not None and data.is_dir():
+        raw = read_preprocessing_record(data).source or data
+        images = _raw_images(raw)
+    rng = np.random.default_rng(0)
+    for height, width in GENERATED_SHAPES:
+        smooth = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        images.append(np.ascontiguousarray(np.kron(smooth, np.ones((8, 8, 1), np.uint8))))
+    return images
+
+
+def _raw_images(raw: Path) -> list[np.ndarray]:
+    """Up to ``REAL_IMAGES`` readable images of ``raw``'s splits (test first)."""
     images: list[np.ndarray] = []
     for name in ("test", "val", "train"):
         folder = raw / name
@@ -125,13 +153,7 @@ def check_images(config: dict[str, Any]) -> list[np.ndarray]:
             except ImageError:
                 continue
             if len(images) == REAL_IMAGES:
-                break
-        if len(images) == REAL_IMAGES:
-            break
-    rng = np.random.default_rng(0)
-    for height, width in GENERATED_SHAPES:
-        smooth = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-        images.append(np.ascontiguousarray(np.kron(smooth, np.ones((8, 8, 1), np.uint8))))
+                return images
     return images
 
 

@@ -1,41 +1,33 @@
-"""``train``: the fit loop and everything a run writes.
+"""``train``: a run as a short list of named steps over one frozen plan.
 
-1. DATA's splits are found; without ``val/`` a stratified, seeded share of ``train/`` becomes
-   the validation set. ``test/`` is evaluated once, at the end, and nowhere else.
+1. The config is resolved against DATA (:mod:`cvprep.training.plan`): the recipe's defaults,
+   the classes, the preprocessing record, the parsed pipelines, the channels, and where
+   validation comes from (``val/``, or a stratified, seeded share of ``train/``; ``test/`` is
+   evaluated once, at the end, and nowhere else).
 2. Every image is decoded once and cached (:mod:`cvprep.training.data`).
 3. The network trains (backbones: frozen first, then fine-tuned) with early stopping on the
-   validation loss, keeping the best weights. A killed run resumes where it stopped.
+   validation loss, keeping the best weights; a killed run resumes where it stopped
+   (:mod:`cvprep.training.phases`).
 4. The raw-image model is saved and scored on the raw test images through the same code
    path as ``cvprep evaluate``; the run folder gets the report and the suspects list.
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cvprep.dataset.preprocess import preprocessing_record
-from cvprep.errors import CvprepError
-from cvprep.pipeline import Pipeline
+from cvprep.errors import CvprepError, filesystem_errors
+from cvprep.files import check_can_write
 from cvprep.training import report
 from cvprep.training.config import TrainConfig
-from cvprep.training.data import (
-    CachedImages,
-    Split,
-    carve_validation,
-    discover,
-    load_split,
-    make_dataset,
-    process_shard,
-)
+from cvprep.training.data import CachedImages, Split, load_split, make_dataset
 from cvprep.training.evaluate import (
     Evaluation,
     Predictor,
@@ -44,28 +36,19 @@ from cvprep.training.evaluate import (
     metrics_from_predictions,
 )
 from cvprep.training.explain import report_explainer
-from cvprep.training.models import (
-    build_training_model,
-    full_pipeline,
-    output_channels,
-    unfreeze_top,
-    wrap_for_raw_images,
-)
+from cvprep.training.phases import fit_phases
+from cvprep.training.plan import TrainPlan, resolve_plan
 from cvprep.training.run import (
     BACKUP_FOLDER,
     CACHE_FOLDER,
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    HISTORY_FILE,
-    LABELS_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    PIPELINE_FILE,
-    library_versions,
+    save_keras,
     write_json,
+    write_run_files,
 )
 
-PHASE1_WEIGHTS = "phase1-done.weights.h5"
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -83,12 +66,13 @@ class TrainResult:
         return float(self.metrics["accuracy"])
 
 
+@filesystem_errors
 def train(
     data: str | Path,
     *,
     out: str | Path,
     verbose: int = 0,
-    log: Callable[[str], None] = lambda _: None,
+    log: Log = lambda _: None,
     **options: Any,
 ) -> TrainResult:
     """Train a classifier on DATA (``train/``, optional ``val/`` and ``test/`` of class
@@ -120,129 +104,57 @@ def train(
     return train_with_config(config, verbose=verbose, log=log)
 
 
+@filesystem_errors
 def train_with_config(
-    config: TrainConfig, *, verbose: int = 0, log: Callable[[str], None] = lambda _: None
+    config: TrainConfig, *, verbose: int = 0, log: Log = lambda _: None
 ) -> TrainResult:
     """:func:`train` with a ready :class:`TrainConfig` (e.g. one read from a ``config.json``).
 
     Examples
     --------
     >>> import json
+    >>> from dataclasses import replace
     >>> from cvprep.training import TrainConfig, train_with_config
     >>> config = TrainConfig.from_dict(json.loads((trained_run / "config.json").read_text()))
-    >>> config.out, config.epochs = str(tmp / "again"), 1
-    >>> train_with_config(config).metrics["epochs_run"]
+    >>> train_with_config(replace(config, out=str(tmp / "again"), epochs=1)).metrics["epochs_run"]
     1
     """
-    import keras
-
     started = time.perf_counter()
-    config.validate()
-    data, out = Path(config.data), Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = preprocessing_record(data)
-    config.data_spec = record.get("settings", {}).get("spec", "")
-    config.classes, splits = discover(data)
-    config = config.resolved()
-    keras.utils.set_random_seed(config.seed)
-    test = splits.pop("test", None)
-    validation = _validation(splits, config)
-    devices = 1
-    if config.num_processes > 1:
-        devices = _init_data_parallel(config)
-        splits["train"] = process_shard(
-            splits["train"], config.seed, config.num_processes, config.process_id
-        )
-    channels = output_channels(full_pipeline(config))
-    stored = output_channels(Pipeline.parse(config.data_spec))  # what DATA's files hold
-    write_json(
-        out / CONFIG_FILE,
-        {
-            **asdict(config),
-            "image_size": config.size,
-            "validation": validation,
-            "versions": library_versions(),
-        },
-    )
-    write_json(out / LABELS_FILE, config.classes)
-    (out / PIPELINE_FILE).write_text(full_pipeline(config).to_json(indent=2))
-    cached = {
-        name: load_split(
-            split,
-            pipeline=Pipeline.parse(config.ops),
-            size=config.size,
-            resize=config.resize,
-            channels=channels,
-            cache=config.cache,
-            cache_file=out / CACHE_FOLDER / f"{name}.npy",
-            workers=config.workers,
-            stored_channels=stored,
-            log=log,
-        )
-        for name, split in splits.items()
-    }
-    if not len(cached["train"]):
-        raise CvprepError(f"no readable training images under {data / 'train'}")
-    log(
-        f"training {config.model} on {len(cached['train'])} images, validating on "
-        f"{len(cached['val'])} ({validation['source']}/), {config.size}×{config.size}, "
-        f"augment {config.augment}"
-    )
-    core, history = _fit_phases(config, cached, out, verbose)
-    model = wrap_for_raw_images(core, config)
-    model.save(out / MODEL_FILE)
-    with contextlib.suppress(OSError):
-        shutil.rmtree(out / BACKUP_FOLDER)
-    val_metrics = _cached_metrics(core, cached["val"], config)
-    evaluation = _final_test(model, core, config, test, record, data, channels, stored, log)
-    metrics = evaluation.metrics if evaluation else {**val_metrics, "evaluated_on": "val"}
-    if evaluation is None:
-        log(
-            "warning: no test/ split: the figures below are on the validation images, which "
-            "also chose the epoch (optimistic)"
-        )
+    plan = resolve_plan(config)
+    devices = _start(plan)
+    cached = _cache(plan, log)
+    core, history = fit_phases(plan, cached, verbose, log)
+    model = _save_model(plan, core)
+    evaluation, metrics = _score(plan, model, core, cached, log)
     metrics.update(
         epochs_run=len(history.get("loss", [])),
         data_parallel_devices=devices,
-        validation_accuracy=val_metrics["accuracy"],
         seconds=round(time.perf_counter() - started, 1),
     )
-    write_json(out / METRICS_FILE, metrics)
-    suspects = report.write_suspects(out, _suspects(core, cached["train"], config))
-    report.write_run_report(
-        out,
-        config,
-        metrics,
-        history=history,
-        mistakes=evaluation.mistakes() if evaluation else [],
-        augmented=_augmented_batch(cached["train"], config),
-        suspects=suspects,
-        explainer=report_explainer(model, config.classes),
-    )
-    shutil.rmtree(out / CACHE_FOLDER, ignore_errors=True)
+    write_json(plan.out / METRICS_FILE, metrics)
+    _write_report(plan, model, core, cached, metrics, history, evaluation)
+    shutil.rmtree(plan.out / CACHE_FOLDER, ignore_errors=True)
     log(
         f"accuracy on {metrics['evaluated_on']}: {metrics['accuracy']:.3f} "
-        f"(validation {val_metrics['accuracy']:.3f}); report: {out / 'report.html'}"
+        f"(validation {metrics['validation_accuracy']:.3f}); report: {plan.out / 'report.html'}"
     )
-    return TrainResult(out, metrics, history, validation, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return TrainResult(plan.out, metrics, history, plan.validation.to_dict(), seconds)
 
 
-def _validation(splits: dict[str, Split], config: TrainConfig) -> dict[str, Any]:
-    """Use ``val/``, or carve a stratified share of ``train/`` (never ``test/``)."""
-    if "val" in splits and len(splits["val"]):
-        return {"source": "val", "images": len(splits["val"])}
-    splits["train"], splits["val"] = carve_validation(
-        splits["train"], config.val_fraction, config.seed
-    )
-    return {
-        "source": "train",
-        "images": len(splits["val"]),
-        "fraction": config.val_fraction,
-        "seed": config.seed,
-    }
+def _start(plan: TrainPlan) -> int:
+    """Seed, join a multi-process job, and write the run's settings; returns the devices."""
+    import keras
+
+    check_can_write(plan.out)  # before any work: a read-only or misplaced OUT says so now
+    keras.utils.set_random_seed(plan.config.seed)
+    devices = _init_data_parallel(plan) if plan.config.num_processes > 1 else 1
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_run_files(plan)
+    return devices
 
 
-def _init_data_parallel(config: TrainConfig) -> int:
+def _init_data_parallel(plan: TrainPlan) -> int:
     """Join a multi-process JAX job and replicate the model over all its devices.
 
     Every process runs the same command with its own ``process_id``; process 0 listens on
@@ -256,6 +168,7 @@ def _init_data_parallel(config: TrainConfig) -> int:
 
     # CPU hosts need a collectives implementation; GPUs use NCCL whatever this says.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    config = plan.config
     keras.distribution.initialize(
         job_addresses=config.coordinator,
         num_processes=config.num_processes,
@@ -266,204 +179,125 @@ def _init_data_parallel(config: TrainConfig) -> int:
     return len(devices)
 
 
-# --------------------------------------------------------------------------- fitting
-def _fit_phases(
-    config: TrainConfig, cached: dict[str, CachedImages], out: Path, verbose: int
-) -> tuple[Any, dict[str, list[float]]]:
-    """Phase 1 (everything, or the head on a frozen backbone), then fine-tuning."""
-    num_classes = len(config.classes)
-    per_process = config.batch_size // config.num_processes
-    train = make_dataset(
-        cached["train"],
-        batch_size=per_process,
-        num_classes=num_classes,
-        training=True,
-        augment=config.augment,
-        seed=config.seed,
-        drop_remainder=config.num_processes > 1,
+def _cache(plan: TrainPlan, log: Log) -> dict[str, CachedImages]:
+    """Decode every training and validation image once (``test/`` is scored at the end)."""
+    for split in (plan.train, plan.val, plan.test):
+        for path, reason in (split.describe_outside() if split else {}).items():
+            log(f"warning: {path} is not used: {reason} (the classes are train/'s folders)")
+    cached = {name: _load(plan, name, split, "auto", log) for name, split in _fitted_splits(plan)}
+    if not len(cached["train"]):
+        raise CvprepError(f"no readable training images under {plan.data / 'train'}")
+    log(
+        f"training {plan.config.model} on {len(cached['train'])} images, validating on "
+        f"{len(cached['val'])} ({plan.validation.source}/), {plan.size}×{plan.size}, "
+        f"augment {plan.config.augment}"
     )
-    # Several processes need full batches, also to validate (up to a batch of it is left out).
-    val = make_dataset(
-        cached["val"],
-        batch_size=per_process,
-        num_classes=num_classes,
-        drop_remainder=config.num_processes > 1,
-    )
-    steps = (
-        len(cached["train"]) // per_process
-        if config.num_processes > 1
-        else -(-len(cached["train"]) // per_process)
-    )
-    backup = out / BACKUP_FOLDER
-    if not any(backup.glob("*")):  # a fresh run, not a resumed one
-        (out / HISTORY_FILE).unlink(missing_ok=True)
-    strategy = _strategy(config.distribute)
-    with strategy.scope():
-        core, base = build_training_model(config, cached["train"].images.shape[-1])
-        _compile(core, config, config.learning_rate, config.epochs * steps)
-    done = backup / PHASE1_WEIGHTS
-    if done.exists():  # phase 1 finished before the run was interrupted
-        core.load_weights(done)
-    else:
-        _fit(core, train, val, config.epochs, 0, backup / "phase1", out, config, verbose)
-        core.save_weights(done)
-    if base is not None and config.fine_tune_epochs > 0:
-        start = len(report.read_history(out / HISTORY_FILE).get("loss", [])) or config.epochs
-        with strategy.scope():
-            unfreeze_top(base, config.unfreeze)
-            _compile(core, config, config.fine_tune_learning_rate, config.fine_tune_epochs * steps)
-        _fit(
-            core,
-            train,
-            val,
-            config.fine_tune_epochs,
-            start,
-            backup / "phase2",
-            out,
-            config,
-            verbose,
-        )
-    return core, report.read_history(out / HISTORY_FILE)
+    return cached
 
 
-def _strategy(distribute: bool) -> Any:
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    if distribute and len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+def _fitted_splits(plan: TrainPlan) -> list[tuple[str, Split]]:
+    return [("train", plan.train), ("val", plan.val)]
 
 
-def _schedule(config: TrainConfig, learning_rate: float, total_steps: int) -> Any:
-    """Warm-up over the first 5 % of the steps, then cosine decay to zero; or constant."""
-    import keras
-
-    if config.schedule == "constant":
-        return learning_rate
-    warmup = max(1, total_steps // 20)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=max(1, total_steps - warmup),
-        warmup_target=learning_rate,
-        warmup_steps=warmup,
+def _load(plan: TrainPlan, name: str, split: Split, cache: str, log: Log) -> CachedImages:
+    config = plan.config
+    return load_split(
+        split,
+        pipeline=plan.preprocessing.ops,
+        size=plan.size,
+        resize=config.resize,
+        channels=plan.preprocessing.channels,
+        cache=config.cache if cache == "auto" else cache,
+        cache_file=plan.out / CACHE_FOLDER / f"{name}.npy",
+        workers=config.workers,
+        stored_channels=plan.preprocessing.stored_channels,
+        log=log,
     )
 
 
-def _compile(model: Any, config: TrainConfig, learning_rate: float, total_steps: int) -> None:
-    import keras
+def _save_model(plan: TrainPlan, core: Any) -> Any:
+    """The raw-image model: the plan's preprocessing layers around the trained network."""
+    from cvprep.training.models import wrap_for_raw_images
 
-    rate = _schedule(config, learning_rate, total_steps)
-    if config.weight_decay:
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-    else:
-        optimizer = keras.optimizers.Adam(rate)
-    smoothing = config.label_smoothing or 0.0
-    if len(config.classes) == 2:
-        loss = keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
-    else:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-
-
-def _fit(
-    model: Any,
-    train: Any,
-    val: Any,
-    epochs: int,
-    initial_epoch: int,
-    backup: Path,
-    out: Path,
-    config: TrainConfig,
-    verbose: int,
-) -> None:
-    import keras
-
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup)),  # resume after a kill
-        # Not in the first half: a scheduled learning rate is still high there, and the
-        # validation loss of a small set swings.
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=config.patience,
-            restore_best_weights=True,
-            start_from_epoch=initial_epoch + epochs // 2,
-        ),
-        keras.callbacks.ModelCheckpoint(
-            str(out / CHECKPOINT_FILE), monitor="val_loss", save_best_only=True
-        ),
-        keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
-    ]
-    with warnings.catch_warnings():
-        # Keras cannot know the length of a tf.data pipeline and warns at every epoch's end.
-        warnings.filterwarnings("ignore", message=".*ran out of data")
-        model.fit(
-            train,
-            validation_data=val,
-            epochs=initial_epoch + epochs,
-            initial_epoch=initial_epoch,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # tf.data already reshuffles every epoch
-        )
+    model = wrap_for_raw_images(core, plan)
+    save_keras(model, plan.out / MODEL_FILE)
+    shutil.rmtree(plan.out / BACKUP_FOLDER, ignore_errors=True)
+    return model
 
 
 # --------------------------------------------------------------------------- evaluation
-def _predict_cached(core: Any, cached: CachedImages, config: TrainConfig) -> np.ndarray:
-    dataset = make_dataset(cached, batch_size=64, num_classes=len(config.classes))
+def _score(
+    plan: TrainPlan, model: Any, core: Any, cached: dict[str, CachedImages], log: Log
+) -> tuple[Evaluation | None, dict[str, Any]]:
+    """The test figures (or, without ``test/``, the validation ones, said to be optimistic)."""
+    val_metrics = _cached_metrics(core, cached["val"], plan)
+    evaluation = _final_test(plan, model, core, log)
+    if evaluation is None:
+        log(
+            "warning: no test/ split: the figures below are on the validation images, which "
+            "also chose the epoch (optimistic)"
+        )
+        metrics = {**val_metrics, "evaluated_on": "val"}
+    else:
+        metrics = evaluation.metrics
+    metrics["validation_accuracy"] = val_metrics["accuracy"]
+    return evaluation, metrics
+
+
+def _predict_cached(core: Any, cached: CachedImages, plan: TrainPlan) -> np.ndarray:
+    dataset = make_dataset(cached, batch_size=64, num_classes=plan.num_classes)
     outputs = [np.asarray(core(images, training=False)) for images, _ in dataset]
-    return class_probability(np.concatenate(outputs), len(config.classes))
+    return class_probability(np.concatenate(outputs), plan.num_classes)
 
 
-def _cached_metrics(core: Any, cached: CachedImages, config: TrainConfig) -> dict[str, Any]:
-    predicted = _predict_cached(core, cached, config).argmax(axis=1)
-    return metrics_from_predictions(cached.labels, predicted, config.classes)
+def _cached_metrics(core: Any, cached: CachedImages, plan: TrainPlan) -> dict[str, Any]:
+    predicted = _predict_cached(core, cached, plan).argmax(axis=1)
+    return metrics_from_predictions(cached.labels, predicted, list(plan.classes))
 
 
-def _final_test(
-    model: Any,
-    core: Any,
-    config: TrainConfig,
-    test: Split | None,
-    record: dict[str, Any],
-    data: Path,
-    channels: int,
-    stored: int,
-    log: Callable[[str], None],
-) -> Evaluation | None:
+def _final_test(plan: TrainPlan, model: Any, core: Any, log: Log) -> Evaluation | None:
     """Score the saved raw-image model once on the raw test images (the same code path as
     ``cvprep evaluate``); without the raw images, score the network on the preprocessed
     ones."""
-    if test is None:
+    if plan.test is None:
         return None
-    raw = Path(record["source"]) / "test" if record.get("source") else None
-    if not config.data_spec:
-        raw = data / "test"
-    predictor = Predictor(model, config.classes)
+    raw = plan.raw_test_folder
     if raw is not None and raw.is_dir():
-        return evaluate_folder(predictor, raw, "test")
-    log(f"warning: raw test images not found ({raw}): scoring the preprocessed {data / 'test'}")
-    cached = load_split(
-        test,
-        pipeline=Pipeline.parse(config.ops),
-        size=config.size,
-        resize=config.resize,
-        channels=channels,
-        cache="memory",
-        workers=config.workers,
-        stored_channels=stored,
-        log=log,
-    )
-    probabilities = _predict_cached(core, cached, config)
-    predicted = probabilities.argmax(axis=1)
-    metrics = metrics_from_predictions(cached.labels, predicted, config.classes)
-    metrics.update(evaluated_on=str(data / "test"), split="test (preprocessed)")
+        return evaluate_folder(Predictor(model, list(plan.classes)), raw, "test")
+    test = plan.data / "test"
+    log(f"warning: raw test images not found ({raw}): scoring the preprocessed {test}")
+    cached = _load(plan, "test", plan.test, "memory", log)
+    predicted = _predict_cached(core, cached, plan).argmax(axis=1)
+    metrics = metrics_from_predictions(cached.labels, predicted, list(plan.classes))
+    metrics.update(evaluated_on=str(test), split="test (preprocessed)")
     return Evaluation(metrics, [], [])
 
 
-def _suspects(core: Any, cached: CachedImages, config: TrainConfig) -> list[dict[str, Any]]:
+# --------------------------------------------------------------------------- the report
+def _write_report(
+    plan: TrainPlan,
+    model: Any,
+    core: Any,
+    cached: dict[str, CachedImages],
+    metrics: dict[str, Any],
+    history: dict[str, list[float]],
+    evaluation: Evaluation | None,
+) -> None:
+    suspects = report.write_suspects(plan.out, _suspects(core, cached["train"], plan))
+    report.write_run_report(
+        plan,
+        metrics,
+        history=history,
+        mistakes=evaluation.mistakes() if evaluation else [],
+        augmented=_augmented_batch(cached["train"], plan),
+        suspects=suspects,
+        explainer=report_explainer(model, list(plan.classes)),
+    )
+
+
+def _suspects(core: Any, cached: CachedImages, plan: TrainPlan) -> list[dict[str, Any]]:
     """Training images whose label the trained model contradicts, most confident first."""
-    probabilities = _predict_cached(core, cached, config)
+    probabilities = _predict_cached(core, cached, plan)
     rows = []
     for path, label, row in zip(cached.files, cached.labels, probabilities, strict=True):
         predicted = int(row.argmax())
@@ -471,8 +305,8 @@ def _suspects(core: Any, cached: CachedImages, config: TrainConfig) -> list[dict
             rows.append(
                 {
                     "path": path,
-                    "class": config.classes[label],
-                    "predicted": config.classes[predicted],
+                    "class": plan.classes[label],
+                    "predicted": plan.classes[predicted],
                     "probability": round(float(row[predicted]), 4),
                     "probability_of_class": round(float(row[label]), 4),
                 }
@@ -480,15 +314,15 @@ def _suspects(core: Any, cached: CachedImages, config: TrainConfig) -> list[dict
     return sorted(rows, key=lambda r: r["probability_of_class"])
 
 
-def _augmented_batch(cached: CachedImages, config: TrainConfig) -> np.ndarray:
+def _augmented_batch(cached: CachedImages, plan: TrainPlan) -> np.ndarray:
     """A few training images as the network sees them: after augmentation."""
     dataset = make_dataset(
         cached,
         batch_size=min(16, len(cached)),
-        num_classes=len(config.classes),
+        num_classes=plan.num_classes,
         training=True,
-        augment=config.augment,
-        seed=config.seed + 1,
+        augment=plan.config.augment,
+        seed=plan.config.seed + 1,
     )
     images, _ = next(iter(dataset))
     return np.clip(np.rint(np.asarray(images)), 0, 255).astype(np.uint8)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from cvprep.pipeline import Pipeline
-from cvprep.training.config import BACKBONES, TrainConfig
+from cvprep.training.config import BACKBONES
+from cvprep.training.plan import TrainPlan
 
 
 def head(x: Any, num_classes: int) -> Any:
@@ -79,13 +77,14 @@ def build_cnn(size: int, channels: int, num_classes: int) -> Any:
     return keras.Model(inputs, head(x, num_classes), name="cnn")
 
 
-def build_backbone(config: TrainConfig) -> Any:
+def build_backbone(plan: TrainPlan) -> Any:
     import keras
 
+    config = plan.config
     spec = BACKBONES[config.model]
     constructor = getattr(keras.applications, spec.constructor)
     kwargs: dict[str, Any] = {
-        "input_shape": (config.size, config.size, 3),
+        "input_shape": (plan.size, plan.size, 3),
         "include_top": False,
         "weights": None if config.weights == "none" else config.weights,
     }
@@ -94,30 +93,30 @@ def build_backbone(config: TrainConfig) -> Any:
     return constructor(**kwargs)
 
 
-def build_training_model(config: TrainConfig, channels: int) -> tuple[Any, Any]:
-    """The model ``fit`` trains (fixed-size input); returns (model, backbone or None)."""
+def build_training_model(plan: TrainPlan) -> tuple[Any, Any]:
+    """The model ``fit`` trains (fixed-size input, the plan's channels); returns (model,
+    backbone or None)."""
     import keras
 
     from cvprep.keras_layers import InputScaling
 
-    num_classes = len(config.classes)
-    if config.model == "classic":
-        return build_classic(config.size, channels, num_classes), None
-    if config.model == "cnn":
-        return build_cnn(config.size, channels, num_classes), None
-    spec = BACKBONES[config.model]
-    inputs = keras.Input((config.size, config.size, channels), name="image")
+    size, channels, model = plan.size, plan.preprocessing.channels, plan.config.model
+    if model == "classic":
+        return build_classic(size, channels, plan.num_classes), None
+    if model == "cnn":
+        return build_cnn(size, channels, plan.num_classes), None
+    inputs = keras.Input((size, size, channels), name="image")
     x = inputs
     if channels == 1:  # backbones take RGB: repeat a grayscale channel
         x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
-    x = InputScaling(spec.scaling)(x)
-    base = build_backbone(config)
+    x = InputScaling(BACKBONES[model].scaling)(x)
+    base = build_backbone(plan)
     base.trainable = False
     # training=False keeps BatchNormalization in inference mode, also when fine-tuning.
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
-    return keras.Model(inputs, head(x, num_classes), name="classifier"), base
+    return keras.Model(inputs, head(x, plan.num_classes), name="classifier"), base
 
 
 def unfreeze_top(base: Any, count: int) -> None:
@@ -131,31 +130,21 @@ def unfreeze_top(base: Any, count: int) -> None:
         layer.trainable = index >= first and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def full_pipeline(config: TrainConfig) -> Pipeline:
-    """The preprocessing recorded in DATA, then ``--ops``."""
-    return Pipeline.parse(",".join(s for s in (config.data_spec, config.ops) if s))
-
-
-def preprocessing_layers(config: TrainConfig) -> list[Any]:
-    """The layers the saved model applies before the trained network."""
+def preprocessing_layers(plan: TrainPlan) -> list[Any]:
+    """The layers the saved model applies before the trained network: the full pipeline
+    (DATA's recorded preprocessing, then ``--ops``), then the resize to the input size."""
     from cvprep.keras_layers import Resize
 
-    resize = Resize((config.size, config.size), interpolation="area", fit=config.resize)
-    return [*full_pipeline(config).layers(), resize]
+    resize = Resize((plan.size, plan.size), interpolation="area", fit=plan.config.resize)
+    return [*plan.preprocessing.full.layers(), resize]
 
 
-def wrap_for_raw_images(core: Any, config: TrainConfig) -> Any:
+def wrap_for_raw_images(core: Any, plan: TrainPlan) -> Any:
     """raw image (any size, RGB) → recorded preprocessing + --ops → Resize → core."""
     import keras
 
     inputs = keras.Input((None, None, 3), name="raw_image")
     x = inputs
-    for layer in preprocessing_layers(config):
+    for layer in preprocessing_layers(plan):
         x = layer(x)
     return keras.Model(inputs, core(x), name="cvprep_classifier")
-
-
-def output_channels(pipeline: Pipeline) -> int:
-    """Channels after the pipeline, by running it on a tiny image."""
-    result = pipeline.apply(np.zeros((8, 8, 3), np.uint8))
-    return 1 if result.ndim == 2 else result.shape[2]

@@ -4,17 +4,22 @@ one-page HTML report that works offline (every image is a file in the run folder
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import io
-import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cvprep.io import atomic_write_bytes, write_image
+from cvprep.json_text import dumps
 from cvprep.preview import contact_sheet, write_thumbnail
-from cvprep.training.run import FIGURES_FOLDER, REPORT_FILE, SUSPECTS_FILE
+from cvprep.training.run import FIGURES_FOLDER, REPORT_FILE, SUSPECTS_FILE, run_settings
+
+if TYPE_CHECKING:
+    from cvprep.training.plan import TrainPlan
 
 MAX_MISTAKES = 24
 THUMBNAIL = 160
@@ -56,29 +61,80 @@ def plot_curves(history: dict[str, list[float]], path: Path) -> None:
         axis.set_title(metric)
         axis.grid(alpha=0.3)
         axis.legend()
+    _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> None:
+    """Write a figure as PNG atomically, and free it."""
+    buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    figure.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    """The confusion matrix with the class names on its axes, or their numbers (``#1`` is
+    the first class) when no installed font has their characters (the HTML report lists
+    the names, which a browser draws in any script)."""
     plt = _pyplot()
     values = np.asarray(matrix)
+    labels, fonts = class_labels(classes)
     size = max(4.0, 0.6 * len(classes) + 2)
     figure, axis = plt.subplots(figsize=(size, size))
     axis.imshow(values, cmap="Blues")
-    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xticks(range(len(classes)), labels, rotation=45, ha="right", fontfamily=fonts)
+    axis.set_yticks(range(len(classes)), labels, fontfamily=fonts)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(title)
+    title_fonts = font_families([title])
+    axis.set_title(title if title_fonts is not None else "confusion matrix", fontfamily=title_fonts)
     threshold = values.max() / 2 if values.size else 0
     for (row, col), count in np.ndenumerate(values):
         colour = "white" if count > threshold else "black"
         axis.text(col, row, str(count), ha="center", va="center", color=colour)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
+
+
+def class_labels(classes: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """Axis labels for ``classes`` and the fonts to draw them with: the names when some
+    installed fonts have every character, else ``#1``, ``#2``, ... in the default font
+    (matplotlib would warn "Glyph missing" and draw boxes)."""
+    fonts = font_families(classes)
+    if fonts is None:
+        return [f"#{index}" for index in range(1, len(classes) + 1)], None
+    return list(classes), fonts
+
+
+def font_families(texts: Sequence[str]) -> list[str] | None:
+    """Font families, the default one first, that together have every character of
+    ``texts`` (matplotlib falls back along the list glyph by glyph); None when the installed
+    fonts lack some."""
+    from matplotlib import font_manager
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    missing = {ord(c) for text in texts for c in text if not c.isspace()} - _characters(default)
+    families = [font_manager.get_font(default).family_name]
+    for entry in font_manager.fontManager.ttflist:
+        if not missing:
+            break
+        if entry.name.startswith("Last Resort"):  # a box for every character: not a glyph
+            continue
+        covered = missing & _characters(entry.fname)
+        if covered:
+            families.append(entry.name)
+            missing -= covered
+    return None if missing else families
+
+
+@functools.cache
+def _characters(font_file: str) -> frozenset[int]:
+    from matplotlib import font_manager
+
+    try:
+        return frozenset(font_manager.get_font(font_file).get_charmap())
+    except (OSError, RuntimeError):  # an unreadable font file has no glyphs for us
+        return frozenset()
 
 
 def write_suspects(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -151,13 +207,15 @@ def _suspects_html(suspects: list[dict[str, Any]]) -> str:
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
+    """Per-class figures; the number column is how the confusion matrix names a class when
+    no installed font draws its name."""
     rows = "".join(
-        f"<tr><td>{html.escape(cls)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
-        f"<td>{m['f1-score']:.3f}</td><td>{int(m['support'])}</td></tr>"
-        for cls, m in metrics["per_class"].items()
+        f"<tr><td>#{index}</td><td>{html.escape(cls)}</td><td>{m['precision']:.3f}</td>"
+        f"<td>{m['recall']:.3f}</td><td>{m['f1-score']:.3f}</td><td>{int(m['support'])}</td></tr>"
+        for index, (cls, m) in enumerate(metrics["per_class"].items(), start=1)
     )
     return (
-        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+        "<table><tr><th></th><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
         f"<th>images</th></tr>{rows}</table>"
     )
 
@@ -175,8 +233,7 @@ img{max-width:100%}code{background:#f4f4f4;padding:2px 4px}
 
 
 def write_run_report(
-    out: Path,
-    config: Any,
+    plan: TrainPlan,
     metrics: dict[str, Any],
     *,
     history: dict[str, list[float]],
@@ -185,9 +242,10 @@ def write_run_report(
     suspects: list[dict[str, Any]],
     explainer: Any = None,
 ) -> None:
-    """Figures under ``out/figures`` and ``out/report.html`` that shows them; with an
+    """Figures under ``OUT/figures`` and ``OUT/report.html`` that shows them; with an
     ``explainer`` (:class:`cvprep.training.explain.Explainer`), each mistake beside the
     heatmap of its prediction."""
+    out = plan.out
     figures = out / FIGURES_FOLDER
     figures.mkdir(exist_ok=True)
     plot_curves(history, figures / "curves.png")
@@ -203,20 +261,31 @@ def write_run_report(
             [(f"#{i + 1}", image) for i, image in enumerate(augmented)], tile=128, columns=8
         ),
     )
-    settings = json.loads((out / "config.json").read_text())
-    validation = settings.get("validation", {})
-    preprocessing = ",".join(s for s in (config.data_spec, config.ops) if s) or "none"
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>cvprep run: {html.escape(out.name)}</title>
+    atomic_write_bytes(
+        out / REPORT_FILE, _page(plan, metrics, mistakes, suspects, explainer).encode()
+    )
+
+
+def _page(
+    plan: TrainPlan,
+    metrics: dict[str, Any],
+    mistakes: list[tuple[Any, str]],
+    suspects: list[dict[str, Any]],
+    explainer: Any = None,
+) -> str:
+    out, config, validation = plan.out, plan.config, plan.validation
+    preprocessing = plan.preprocessing.full_text or "none"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>cvprep run: {html.escape(plan.out.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(config.model)} on {html.escape(config.data)}</h1>
 <p>Accuracy on <b>{html.escape(str(metrics["evaluated_on"]))}</b>:
 <b>{metrics["accuracy"]:.3f}</b> ({metrics["count"]} images); validation accuracy
-{metrics.get("validation_accuracy", float("nan")):.3f} on {validation.get("images", "?")} images
-from {html.escape(str(validation.get("source", "?")))}/; {metrics.get("epochs_run", "?")} epochs,
+{metrics.get("validation_accuracy", float("nan")):.3f} on {validation.images} images
+from {html.escape(validation.source)}/; {metrics.get("epochs_run", "?")} epochs,
 {metrics.get("seconds", 0):.0f} s. Preprocessing built into the model:
 <code>{html.escape(preprocessing)}</code>, then resize ({html.escape(config.resize)}) to
-{config.size}×{config.size}.</p>
+{plan.size}×{plan.size}.</p>
 <h2>Per-class metrics</h2>{_metrics_table(metrics)}
 <h2>Learning curves</h2><img src="{FIGURES_FOLDER}/curves.png" alt="loss and accuracy curves">
 <h2>Confusion matrix</h2>
@@ -224,10 +293,9 @@ from {html.escape(str(validation.get("source", "?")))}/; {metrics.get("epochs_ru
 <h2>Misclassified test images</h2><p>Most confident mistakes first: true class → prediction
 (probability){_HEATMAP_NOTE if explainer is not None else ""}.</p>
 {_mistakes_html(out, mistakes, explainer)}
-<h2>Training inputs after augmentation ({html.escape(config.augment)})</h2>
+<h2>Training inputs after augmentation ({html.escape(str(config.augment))})</h2>
 <img src="{FIGURES_FOLDER}/augmented.png" alt="augmented training images">
 <h2>Suspect training labels</h2>{_suspects_html(suspects)}
-<h2>Configuration</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>
+<h2>Configuration</h2><pre>{html.escape(dumps(run_settings(plan)))}</pre>
 </body></html>
 """
-    atomic_write_bytes(out / REPORT_FILE, page.encode())
