@@ -616,7 +616,7 @@ def test_train_into_a_folder_the_user_cannot_write(dataset):
         assert not any(locked.iterdir())
 
 
-def test_a_diverging_run_stops_and_says_so(dataset, tmp_path):
+def test_a_diverging_run_stops_and_says_so(dataset, tmp_path, capfd):
     from cvprep.training.phases import TrainingDivergedError
 
     out = tmp_path / "run"
@@ -624,6 +624,7 @@ def test_a_diverging_run_stops_and_says_so(dataset, tmp_path):
         train(dataset, out=out, img_size=32, epochs=3, batch_size=8, learning_rate=1e30,
               workers=0)  # fmt: skip
     assert not (out / "model.keras").exists() and not (out / "backup").exists()
+    assert capfd.readouterr().out == ""  # nothing on stdout: --json and --quiet stay clean
 
 
 class Killed(Exception):

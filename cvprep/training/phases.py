@@ -7,6 +7,7 @@ stops the run with a message that says so.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 from collections.abc import Callable
@@ -213,9 +214,23 @@ def _callbacks(plan: TrainPlan, phase: Phase, folder: Path) -> list[Any]:
             start_from_epoch=phase.first_epoch + phase.epochs // 2,
         ),
         BestCheckpoint(plan.out / CHECKPOINT_FILE),
-        keras.callbacks.TerminateOnNaN(),
+        _stop_on_nan(),
         EpochBackup(folder),
     ]
+
+
+def _stop_on_nan() -> Any:
+    """Keras' TerminateOnNaN without its message on stdout (``--quiet`` and ``--json`` keep
+    stdout clean; the run ends with :class:`TrainingDivergedError` instead)."""
+    import keras
+
+    class StopOnNaN(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.model.stop_training = True
+
+    return StopOnNaN()
 
 
 def _check_converged(backup: Any, plan: TrainPlan, phase: Phase) -> None:
