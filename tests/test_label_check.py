@@ -278,3 +278,12 @@ def test_mobilenet_features_find_flips_in_a_split_folder_of_real_photos(tmp_path
     assert result.label_check is not None and result.label_check.files == 60
     assert result.label_check.accuracy > 0.8
     assert "split folder: train, val and test checked together" in result.label_check.notes
+
+
+def test_a_class_whose_images_are_all_copies_of_one_is_refused(tmp_path):
+    photos = tmp_path / "photos"
+    colour_tree(photos, per_class=3, flips=0)
+    for path in (photos / "red").iterdir():  # three copies of one picture
+        path.write_bytes((photos / "red" / "red_00.png").read_bytes())
+    with pytest.raises(CvprepError, match="class 'red' are all copies of one"):
+        dataset.inspect(photos, workers=0, labels_check=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -593,3 +594,89 @@ def test_a_split_is_the_layout_training_reads(kind, pictures, tmp_path):
     classes, splits = discover(tmp_path / "data")
     assert classes == ["cat", "dog"]
     assert {name: len(split) for name, split in splits.items()} == {"train": 6, "val": 4, "test": 2}
+
+
+# ------------------------------------------------------------------ found in review
+def test_quarantine_moves_only_files_that_do_not_decode(pictures, tmp_path):
+    source = write(tmp_path / "flat", pictures)
+    (source / "cat.99.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    before = sorted(p.name for p in source.iterdir())
+    result = dataset.verify(source, labels=r"name:^(cat)\.", quarantine=tmp_path / "q", workers=0)
+    assert {r.kind for r in result.results if r.status == "rejected"} >= {"no_label"}
+    assert [p.name for p in result.quarantined] == ["cat.99.png"]  # the dogs stay
+    assert sorted(p.name for p in source.iterdir()) == sorted(set(before) - {"cat.99.png"})
+
+
+def test_a_tar_whose_last_member_is_a_zip_is_read_as_a_tar(pictures, tmp_path):
+    inner = zipped(tmp_path / "extras.zip", {"cat/x.png": png(900)}).read_bytes()
+    files = {f"{n.split('.')[0]}/{n}": data for n, data in pictures.items()}
+    source = open_source(tarred(tmp_path / "photos.tar", {**files, "zz.zip": inner}, "w"))
+    assert source.kind == "tar"
+    expected = sorted(f"photos.tar:{n}" for n in [*files, "zz.zip"])  # zz.zip: not an image
+    assert sorted(f.name for f in source.files) == expected
+
+
+def test_a_zip_of_one_class_folder_keeps_its_class(pictures, tmp_path):
+    cats = {f"cat/{n}": data for n, data in pictures.items() if n.startswith("cat")}
+    zipped_files = open_source(zipped(tmp_path / "cats.zip", cats)).files
+    on_disk = open_source(write(tmp_path / "cats", cats)).files
+    assert [(f.cls, f.relative) for f in zipped_files] == [(f.cls, f.relative) for f in on_disk]
+    assert {f.cls for f in zipped_files} == {"cat"}
+
+
+def test_table_ids_and_images_may_name_the_archives_one_folder(pictures, tmp_path):
+    archive = zipped(tmp_path / "t.zip", {f"train/{n}": d for n, d in pictures.items()})
+    table = tmp_path / "labels.csv"
+    table.write_text("id,label\n" + "".join(f"train/{n},{n[:3]}\n" for n in pictures))
+    for options in ({"labels": str(table)}, {"labels": str(table), "images": "train"}):
+        source = open_source(archive, **options)
+        assert not source.problems, source.problems
+        assert len(source.files) == len(pictures)
+
+
+def test_unnamed_images_in_other_folders_are_counted_per_folder(pictures, tmp_path):
+    root = write(tmp_path / "set", pictures)
+    write(root / "more", {"a.png": png(901), "b.png": png(902)})
+    (root / "labels.csv").write_text("id,label\n" + "".join(f"{n},{n[:3]}\n" for n in pictures))
+    source = open_source(root, labels="labels.csv")
+    assert [(p.name, p.kind) for p in source.problems] == [("more/", "unlabelled")]
+    assert "2 image(s)" in source.problems[0].reason
+    result = invoke("verify", root, "--labels", "labels.csv")
+    assert result.exit_code == 1 and "more/" in result.output
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        ('id,label\na.png,cat\nb.png,"dog\nc.png,cat\n', "line 3"),
+        ('id,label\na.png,cat\nb.png,"dog\n' + "x.png,cat\n" * 20000, "field larger"),
+    ],
+)
+def test_a_quote_left_open_in_a_table_is_a_usage_error(table, words, tmp_path):
+    root = write(tmp_path / "set", {"a.png": png(1), "b.png": png(2), "c.png": png(3)})
+    (root / "labels.csv").write_text(table)
+    result = invoke("verify", root, "--labels", "labels.csv")
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_npz_labels_of_two_kinds_or_stray_numbers_are_usage_errors(tmp_path):
+    x = np.zeros((4, 8, 8), np.uint8)
+    mixed = tmp_path / "mixed.npz"
+    np.savez(mixed, x_train=x, y_train=[0, 1, 0, 1], x_test=x[:2], y_test=["cat", "dog"])
+    with pytest.raises(ParameterError, match="both be class numbers or both be class names"):
+        open_source(mixed)
+    stray = tmp_path / "stray.npz"
+    np.savez(stray, x_train=x, y_train=[0, 1, 0, 5_000_000])
+    with pytest.raises(ParameterError, match="class numbers go up to 5000000"):
+        open_source(stray)
+
+
+def test_a_job_leaves_no_archive_open(pictures, tmp_path):
+    archive = zipped(tmp_path / "train.zip", {f"train/{n}": d for n, d in pictures.items()})
+    dataset.verify(archive, labels="name", workers=0)
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("no /proc/self/fd here")
+    opened = {os.path.realpath(fd) for fd in fds.iterdir() if os.path.exists(fd)}
+    assert str(archive.resolve()) not in opened

@@ -130,14 +130,27 @@ def label_array(y: Any, count: int, name: str = "y") -> np.ndarray:
     return labels.astype(np.int64)
 
 
+MAX_CLASS_NUMBER = 100_000  # class numbers at or above it need class_names (a stray value)
+
+
 def class_folders(labels: list[np.ndarray], class_names: Sequence[str] | None) -> list[str]:
     """The folder name of each class number (or each name, sorted, for string labels)."""
+    if len({array.dtype.kind == "U" for array in labels}) > 1:
+        raise ParameterError(
+            "the labels of train and test should both be class numbers or both be class names"
+        )
     if labels[0].dtype.kind == "U":
         if class_names is not None:
             raise ParameterError("`class_names` apply to integer labels; these are names")
         names = sorted({str(v) for array in labels for v in array})
     else:
         largest = max(int(array.max()) for array in labels)
+        if class_names is None and largest >= MAX_CLASS_NUMBER:
+            raise ParameterError(
+                f"class numbers go up to {largest}: a folder per number up to it would be "
+                f"made; give `class_names`, or check the labels (at most {MAX_CLASS_NUMBER - 1} "
+                "without names)"
+            )
         if class_names is None:
             names = [str(number).zfill(len(str(largest))) for number in range(largest + 1)]
         else:
@@ -199,6 +212,11 @@ def _images(archive: str, key: str, version: tuple[int, int]) -> np.ndarray:
     """A whole image array, loaded once per process (a worker encodes thousands of them)."""
     with np.load(archive, allow_pickle=False) as npz:
         return image_arrays(npz[key], key)
+
+
+def release_arrays() -> None:
+    """Drop the image arrays this process keeps (a job's end: memory goes back)."""
+    _images.cache_clear()
 
 
 @dataclass(frozen=True)

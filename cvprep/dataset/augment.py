@@ -42,6 +42,7 @@ from cvprep.dataset.sources import (
     mapped,
     open_source,
     place,
+    releases_readers,
 )
 from cvprep.errors import ImageError, ParameterError, filesystem_errors
 from cvprep.files import EmptyTreeError, check_can_write, check_separate
@@ -242,6 +243,7 @@ class AugmentResult(SummarisedResult):
 
 
 @filesystem_errors
+@releases_readers
 def augment(
     source: str | os.PathLike[str] | Source,
     output: str | os.PathLike[str],

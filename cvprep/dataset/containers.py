@@ -40,6 +40,7 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".ta
 MAX_MEMBER_BYTES = 1 << 30
 """Archive members larger than this are refused (``too_large``) before they are read:
 cvprep reads a member into memory, and a declared size is all it knows beforehand."""
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty zip
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz magic numbers
 _ARCHIVE_ERRORS = (
     zipfile.BadZipFile,
@@ -103,10 +104,22 @@ class ZipOpener:
             raise _member_error(self.archive, self.member, exc) from exc
 
 
+_OPENED: set[zipfile.ZipFile] = set()  # what _open_zip's cache holds, to close it
+
+
 @functools.lru_cache(maxsize=4)
 def _open_zip(archive: str, version: tuple[int, int]) -> zipfile.ZipFile:
     """One open archive per process and version (a worker reads thousands of members)."""
-    return zipfile.ZipFile(archive)
+    archive_file = zipfile.ZipFile(archive)
+    _OPENED.add(archive_file)
+    return archive_file
+
+
+def close_archives() -> None:
+    """Close the archives this process keeps open (a job's end: no handle outlives it)."""
+    _open_zip.cache_clear()
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 @dataclass(frozen=True)
@@ -206,14 +219,18 @@ def open_container(location: Path) -> Container:
     if location.is_dir():
         return _folder(location)
     try:
-        if zipfile.is_zipfile(location):
-            return _zip(location)
         with open(location, "rb") as handle:
             head = handle.read(6)
+        # The signature at the start decides first: a tar whose last member is a zip passes
+        # zipfile.is_zipfile (it looks for the end record), but it is a tar.
+        if head.startswith(_ZIP_STARTS):
+            return _zip(location)
         if head.startswith(_COMPRESSED):
             return _tar(location, streamed=True)
         if tarfile.is_tarfile(location):
             return _tar(location, streamed=False)
+        if zipfile.is_zipfile(location):  # a zip behind a prefix (a self-extracting archive)
+            return _zip(location)
     except _ARCHIVE_ERRORS as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a file-system error (permissions, ...), not a damaged archive

@@ -46,7 +46,7 @@ from cvprep.dataset.label_check import (
 from cvprep.dataset.labels import LabelSpec
 from cvprep.dataset.quality import ImageStats, measure, thumbnail_distance
 from cvprep.dataset.results import Progress, ReadTask, tracked
-from cvprep.dataset.sources import ReadFailure, Source, fetch, mapped, open_source
+from cvprep.dataset.sources import ReadFailure, Source, fetch, mapped, open_source, releases_readers
 from cvprep.errors import ImageError, ParameterError, filesystem_errors
 from cvprep.files import EmptyTreeError, check_can_write
 from cvprep.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, check_max_pixels, read_image
@@ -188,6 +188,7 @@ class InspectResult:
 
 
 @filesystem_errors
+@releases_readers
 def inspect(
     source: str | os.PathLike[str] | Source,
     *,

@@ -310,7 +310,23 @@ class LabelCollector:
         classes = sorted(set(given))
         y = np.array([classes.index(label) for label in given])
         x = np.stack([self.rows[path] for path in paths])
-        assignment = fold_assignment(y, _copy_groups(paths, copies), folds, self.check.seed)
+        groups = _copy_groups(paths, copies)
+        # Copies share a fold, so a class needs as many different pictures as there are
+        # folds, or some fold's model would never see that class.
+        pictures = {c: len(np.unique(groups[y == i])) for i, c in enumerate(classes)}
+        fewest = min(pictures, key=lambda c: (pictures[c], c))
+        if pictures[fewest] < 2:
+            raise CvprepError(
+                "the label check needs at least 2 different pictures per class; the images "
+                f"of class {fewest!r} are all copies of one"
+            )
+        if pictures[fewest] < folds:
+            self.notes.append(
+                f"folds reduced from {folds} to {pictures[fewest]}: class {fewest!r} has "
+                f"{pictures[fewest]} different pictures"
+            )
+            folds = pictures[fewest]
+        assignment = fold_assignment(y, groups, folds, self.check.seed)
         probabilities = self._probabilities(x, y, assignment, len(classes), progress)
         issues = find_label_issues(
             probabilities, y, method=self.check.method, noise_factor=self.check.noise_factor

@@ -28,7 +28,7 @@ import csv
 import io
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -194,16 +194,23 @@ def read_table(data: bytes, where: str, columns: tuple[str, str] | None) -> list
         raise ParameterError(f"`labels` table {where} is empty")
     file_index, label_index = _columns([cell.strip() for cell in header], where, columns)
     rows = []
-    for cells in reader:
-        if not any(cell.strip() for cell in cells):
-            continue  # a blank line
-        rows.append(
-            Row(
+    start = reader.line_num + 1  # where the row being read begins (a quoted field may span)
+    try:
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                start = reader.line_num + 1
+                continue  # a blank line
+            row = Row(
                 reader.line_num,
                 cells[file_index].strip() if file_index < len(cells) else "",
                 cells[label_index].strip() if label_index < len(cells) else "",
             )
-        )
+            if "\n" in row.file or "\n" in row.label:
+                raise csv.Error("a quoted field runs over several lines (a quote left open?)")
+            rows.append(row)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ParameterError(f"`labels` table {where}, line {start}: {exc}") from None
     if not rows:
         raise ParameterError(f"`labels` table {where} has a header but no rows")
     return rows
@@ -248,8 +255,11 @@ def _columns(header: list[str], where: str, columns: tuple[str, str] | None) -> 
 class TableLabeller:
     """Matches a table's rows to the image files of a folder (inside a source)."""
 
-    def __init__(self, entries: list[Entry], images: str, table_name: str) -> None:
+    def __init__(
+        self, entries: list[Entry], images: str, table_name: str, prefix: str = ""
+    ) -> None:
         self.images, self.table_name = images, table_name
+        self.prefix = prefix  # the archive's one folder the entries' paths leave out ("train/")
         base = f"{images}/" if images else ""
         self.inside = {e.path[len(base) :]: e for e in entries if e.path.startswith(base)}
         self.by_stem: dict[str, list[str]] = defaultdict(list)
@@ -267,6 +277,8 @@ class TableLabeller:
         if not parts:
             return None, "missing_file", "no file named on this line"
         key = "/".join(parts)
+        if self.prefix and key.startswith(self.prefix) and key not in self.inside:
+            key = key[len(self.prefix) :]  # an id with the archive's folder: train/b.jpg
         if key in self.inside:
             return key, "", ""
         candidates = self.by_stem.get(key, [])
@@ -339,12 +351,30 @@ class TableLabeller:
         return [(entry, first.label)]
 
     def _unlabelled(self, named: set[str]) -> list[Problem]:
-        """Images no row names, in the folders the named images are in."""
+        """Images no row names: each one in the folders the named images are in; elsewhere
+        (a ``test/`` beside ``train/``, say) one line per folder with its count, so that
+        nothing is left out unsaid and thousands of test images do not flood the list."""
         folders = {relative.rpartition("/")[0] for relative in named}
-        return [
-            Problem(entry.name, "unlabelled", f"no row of {self.table_name} names it")
-            for relative, entry in sorted(self.inside.items())
-            if relative not in named
-            and relative.rpartition("/")[0] in folders
-            and f".{relative.rpartition('.')[2].lower()}" in IMAGE_SUFFIXES
+        problems, elsewhere = [], Counter[str]()
+        for relative, entry in sorted(self.inside.items()):
+            suffix = f".{relative.rpartition('.')[2].lower()}"
+            if relative in named or suffix not in IMAGE_SUFFIXES:
+                continue
+            folder = relative.rpartition("/")[0]
+            if folder in folders:
+                problems.append(
+                    Problem(entry.name, "unlabelled", f"no row of {self.table_name} names it")
+                )
+            else:
+                base = entry.name[: len(entry.name) - len(relative)]
+                elsewhere[f"{base}{folder}/" if folder else base or "./"] += 1
+        problems += [
+            Problem(
+                folder,
+                "unlabelled",
+                f"{count} image(s) in this folder, none named by a row of {self.table_name}",
+                folder=True,
+            )
+            for folder, count in sorted(elsewhere.items())
         ]
+        return problems

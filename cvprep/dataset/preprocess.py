@@ -31,7 +31,15 @@ from cvprep.dataset.results import (
     tracked,
     write_report,
 )
-from cvprep.dataset.sources import ReadFailure, Source, SourceFile, fetch, mapped, open_source
+from cvprep.dataset.sources import (
+    ReadFailure,
+    Source,
+    SourceFile,
+    fetch,
+    mapped,
+    open_source,
+    releases_readers,
+)
 from cvprep.errors import ImageError, filesystem_errors
 from cvprep.files import EmptyTreeError, check_can_write, check_separate
 from cvprep.io import (
@@ -124,6 +132,7 @@ class PreprocessResult(SummarisedResult):
 
 
 @filesystem_errors
+@releases_readers
 def preprocess(
     source: str | os.PathLike[str] | Source,
     output: str | os.PathLike[str],

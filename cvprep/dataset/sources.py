@@ -38,20 +38,22 @@ never both written: the second, by name, is rejected as ``name_collision``, nami
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from cvprep import params
-from cvprep.dataset.arrays import npz_members
+from cvprep.dataset.arrays import npz_members, release_arrays
 from cvprep.dataset.containers import (
     ARCHIVE_SUFFIXES,
     Container,
     Entry,
     Problem,
     ReadFailure,
+    close_archives,
     open_container,
     safe_parts,
     stream_tar,
@@ -70,6 +72,7 @@ from cvprep.dataset.labels import (
 from cvprep.errors import ImageError, ParameterError
 from cvprep.io import atomic_write_bytes, copy_atomic
 
+F = TypeVar("F", bound=Callable[..., Any])
 SPLIT_FOLDERS = {
     "train": "train",
     "training": "train",
@@ -312,7 +315,15 @@ def is_split_layout(paths: Iterable[str]) -> bool:
 
 def _by_folders(container: Container) -> tuple[list[_Placed], list[Problem]]:
     split_layout = is_split_layout(e.path for e in container.entries)
-    placed = [_Placed(entry, *_in_folders(entry.path, split_layout)) for entry in container.entries]
+    # An archive read from inside its one folder: that folder is the class of the files at
+    # its top, as it would be for the same folder on disk (a zip of cat/ holds class cat).
+    top = container.prefix.rstrip("/").rpartition("/")[2]
+    placed = [
+        _Placed(entry, top, f"{top}/{entry.path}")
+        if top and "/" not in entry.path
+        else _Placed(entry, *_in_folders(entry.path, split_layout))
+        for entry in container.entries
+    ]
     problems = [
         replace(p, cls=_in_folders(f"{p.name}/.", split_layout)[0])
         if p.folder and p.name != "."
@@ -348,7 +359,9 @@ def _by_table(
     images_dir = _images_folder(container, images) if images is not None else folder
     rows = read_table(data, table_name, spec.columns)
     entries = [e for e in container.entries if e.path != table_path]
-    labelled = TableLabeller(entries, images_dir, table_name).label(rows, problems)
+    labelled = TableLabeller(entries, images_dir, table_name, container.prefix).label(
+        rows, problems
+    )
     return [_flat(entry, cls) for entry, cls in labelled], images_dir
 
 
@@ -394,6 +407,8 @@ def _inside(container: Container, given: str) -> str | None:
         return None
     relative = "/".join(parts)
     prefix = container.prefix.rstrip("/")
+    if prefix and relative == prefix:
+        return ""
     if prefix and relative.startswith(f"{prefix}/"):
         relative = relative[len(prefix) + 1 :]
     return relative
@@ -421,6 +436,21 @@ def mapped(runner: Engine, function: Any, tasks: Sequence[Any], source: Source) 
     """``runner.map`` over tasks that each carry a ``file`` of ``source``."""
     ordered, data = source.schedule(tasks)
     return runner.map(function, ordered) if data is None else runner.map(function, ordered, data)
+
+
+def releases_readers(job: F) -> F:
+    """A dataset job that, however it ends, closes the archives and drops the arrays its
+    process opened to read the source (the workers' go with the workers)."""
+
+    @functools.wraps(job)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return job(*args, **kwargs)
+        finally:
+            close_archives()
+            release_arrays()
+
+    return cast(F, run)
 
 
 # --------------------------------------------------------------------------- writing copies

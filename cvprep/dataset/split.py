@@ -61,6 +61,7 @@ from cvprep.dataset.sources import (
     mapped,
     open_source,
     place,
+    releases_readers,
 )
 from cvprep.errors import CvprepError, ImageError, ParameterError, filesystem_errors
 from cvprep.files import EmptyTreeError, check_can_write, check_separate
@@ -676,6 +677,7 @@ class SplitResult:
 
 
 @filesystem_errors
+@releases_readers
 def split(
     source: str | os.PathLike[str] | Source,
     output: str | os.PathLike[str],

@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from cvprep.dataset.engines import Engine, make_engine
 from cvprep.dataset.labels import LabelSpec
@@ -21,10 +21,13 @@ from cvprep.dataset.results import (
     tracked,
     write_report,
 )
-from cvprep.dataset.sources import ReadFailure, Source, fetch, mapped, open_source
-from cvprep.errors import ImageError, ParameterError, filesystem_errors
+from cvprep.dataset.sources import ReadFailure, Source, fetch, mapped, open_source, releases_readers
+from cvprep.errors import ImageError, ParameterError, RejectKind, filesystem_errors
 from cvprep.files import EmptyTreeError, check_can_write, check_separate
 from cvprep.io import DEFAULT_MAX_PIXELS, check_max_pixels, read_image
+
+# What ``quarantine`` moves: files that do not decode (ImageError kinds) and links that loop.
+QUARANTINED_KINDS = frozenset(get_args(RejectKind)) | {"symlink_loop"}
 
 
 def verify_one(task: ReadTask, data: bytes | ReadFailure | None = None) -> FileResult:
@@ -65,6 +68,7 @@ class VerifyResult:
 
 
 @filesystem_errors
+@releases_readers
 def verify(
     source: str | os.PathLike[str] | Source,
     *,
@@ -83,7 +87,7 @@ def verify(
     Reasons: ``empty``, ``truncated``, ``not_image``, ``too_large``, ``unreadable`` (and
     ``symlink_loop`` for a link back to its own ancestor folder). Hidden and system files are
     ignored. ``source`` is never modified, unless ``quarantine`` names a folder to move the
-    rejected files to.
+    files that do not decode to (a readable image the labels cannot place stays).
 
     Parameters
     ----------
@@ -163,10 +167,15 @@ def verify(
         write_report(Path(report), results)
     verified = VerifyResult(root, results, summary)
     if quarantine is not None:
+        # Only files that do not decode: an image the labels cannot place (no_label,
+        # unlabelled, name_collision, ...) is a good image and stays where it is.
         files = [
             r.path
             for r in results
-            if r.status == "rejected" and not r.folder and os.path.lexists(root / r.path)
+            if r.status == "rejected"
+            and r.kind in QUARANTINED_KINDS
+            and not r.folder
+            and os.path.lexists(root / r.path)
         ]
         _quarantine(root, Path(quarantine), files, verified)
     return verified
