@@ -29,6 +29,7 @@ from cvprep.pipeline import Pipeline
 from cvprep.training.config import (
     BACKBONES,
     CACHE_MODES,
+    DEFAULT_FEATURE_VIEWS,
     MODELS,
     RESIZE_MODES,
     check_setting,
@@ -167,6 +168,15 @@ def recipe_default(name: str, what: str = "", models: Sequence[str] = MODELS) ->
     default=10,
     show_default=True,
     help="Early-stopping patience (epochs without a better validation loss).",
+)
+@click.option(
+    "--feature-views",
+    type=setting_type("feature_views", click.INT),
+    default=DEFAULT_FEATURE_VIEWS,
+    show_default=True,
+    help="Backbones: the frozen phase trains the head on backbone features computed once "
+    "for this many views of each image (itself, its mirror, then augmented copies); 0 runs "
+    "the backbone on augmented images every epoch.",
 )
 @click.option(
     "--cache",

@@ -45,6 +45,8 @@ RESIZE_MODES = ("stretch", "pad", "crop")
 CACHE_MODES = ("auto", "memory", "disk")
 MIN_SIZE = {"classic": 46, "cnn": 32}  # classic: four valid 3×3 convs + pools leave 1×1
 SCRATCH_SIZE = 150
+MAX_FEATURE_VIEWS = 16
+DEFAULT_FEATURE_VIEWS = 2  # the image and its mirror (README: measured)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ LIMITS = {
     "label_smoothing": Limit("number", 0, 1, max_open=True, optional=True),
     "val_fraction": Limit("number", 0, 1, min_open=True, max_open=True),
     "patience": Limit("int", 1),
+    "feature_views": Limit("int", 0, MAX_FEATURE_VIEWS),
     "workers": Limit("int", 0, MAX_WORKERS, optional=True),
     "num_processes": Limit("int", 1),
     "process_id": Limit("int", 0),
@@ -250,6 +253,10 @@ class TrainConfig:
     ops: str | Pipeline = ""
     val_fraction: float = 0.1
     patience: int = 10
+    # Backbones' frozen phase: the pooled backbone features of each training image are
+    # computed once for this many views (the image, its mirror, then augmented copies) and
+    # the head trains on them; 0: the backbone runs on augmented images every epoch.
+    feature_views: int = DEFAULT_FEATURE_VIEWS
     seed: int = params.DEFAULT_SEED
     cache: str = "auto"
     workers: int | None = None

@@ -58,7 +58,9 @@ def fit_phases(
     with strategy.scope():
         core, base = build_training_model(plan)
         _compile(core, plan, config.learning_rate, config.epochs * inputs.steps)
-    first = _phase_one(core, plan, inputs, verbose, log)
+    first = _phase_one(
+        core, plan, _phase_one_inputs(core, base, plan, cached, inputs, log), verbose, log
+    )
     if base is not None and config.fine_tune_epochs > 0:
         with strategy.scope():
             unfreeze_top(base, config.unfreeze)
@@ -87,8 +89,37 @@ def _inputs(plan: TrainPlan, cached: dict[str, CachedImages]) -> Inputs:
     return Inputs(train, val, count // per_process if several else -(-count // per_process))
 
 
+def _phase_one_inputs(
+    core: Any,
+    base: Any,
+    plan: TrainPlan,
+    cached: dict[str, CachedImages],
+    inputs: Inputs,
+    log: Callable[[str], None],
+) -> Callable[[], tuple[Any, Inputs]]:
+    """What phase 1 fits, and on what (made only when phase 1 runs): a frozen backbone's
+    head on features computed once (``feature_views``), else the whole network on images."""
+    config = plan.config
+    if base is None or not config.feature_views or config.num_processes > 1:
+        return lambda: (core, inputs)
+
+    def on_features() -> tuple[Any, Inputs]:
+        from cvprep.training.features import feature_datasets
+
+        head, train, val, steps = feature_datasets(core, plan, cached, log)
+        with _strategy(config.distribute).scope():
+            _compile(head, plan, config.learning_rate, config.epochs * steps)
+        return head, Inputs(train, val, steps)
+
+    return on_features
+
+
 def _phase_one(
-    core: Any, plan: TrainPlan, inputs: Inputs, verbose: int, log: Callable[[str], None]
+    core: Any,
+    plan: TrainPlan,
+    trainee: Callable[[], tuple[Any, Inputs]],
+    verbose: int,
+    log: Callable[[str], None],
 ) -> int:
     """Phase 1, unless a whole record of its end is on disk; returns its epoch count."""
     from cvprep.training.backup import load_weights, save_weights
@@ -103,8 +134,9 @@ def _phase_one(
         done.unlink()
         record.unlink(missing_ok=True)
     config = plan.config
+    model, inputs = trainee()
     _fit(
-        core,
+        model,
         plan,
         inputs,
         Phase("phase 1", "phase1", config.epochs, config.learning_rate, 0),
