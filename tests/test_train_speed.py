@@ -8,19 +8,24 @@ import keras
 import numpy as np
 import pytest
 
-from cvprep.training import TrainConfig, train
+import cvprep
+from cvprep.errors import ParameterError
+from cvprep.training import TrainConfig, export, predict, train
 from cvprep.training.compute import (
     cpu_flags,
     cpu_ghz,
     cpu_peak,
     forward_flops,
     has_native_bf16,
+    leaf_layers,
+    resolve_precision,
     training_flops,
 )
 from cvprep.training.data import CachedImages
 from cvprep.training.features import compute_features, split_at_pooling
 from cvprep.training.models import build_cnn, build_training_model
 from cvprep.training.plan import resolve_plan
+from cvprep.training.run import load_run
 from tests.test_training import make_stripes
 
 ZEN4 = """processor : 0
@@ -110,3 +115,45 @@ def test_frozen_phase_on_features_or_images_is_recorded(stripes, tmp_path, views
     )
     assert json.loads((tmp_path / "run" / "config.json").read_text())["feature_views"] == views
     assert result.metrics["epochs_run"] == 2 and len(result.history["val_loss"]) == 2
+
+
+def test_auto_precision_follows_the_cpu_flags(stripes, tmp_path, monkeypatch):
+    from cvprep.training import compute
+
+    assert resolve_precision("auto", cpu_flags(ICE_LAKE)) == "float32"  # bfloat16 emulated
+    assert resolve_precision("auto", cpu_flags(ZEN4)) == compute.AUTO_ON_NATIVE_BF16
+    assert resolve_precision("float32", cpu_flags(ZEN4)) == "float32"
+    monkeypatch.setattr(compute, "AUTO_ON_NATIVE_BF16", "bfloat16")  # once measured faster
+    assert resolve_precision("auto", cpu_flags(ZEN4)) == "bfloat16"
+    assert resolve_precision("auto", cpu_flags(ICE_LAKE)) == "float32"
+    monkeypatch.setattr(compute, "CPUINFO", tmp_path / "cpuinfo")
+    (tmp_path / "cpuinfo").write_text(ZEN4)
+    plan = resolve_plan(TrainConfig(str(stripes), str(tmp_path / "run")))
+    assert plan.config.precision == "bfloat16" and plan.settings()["precision"] == "bfloat16"
+    with pytest.raises(ParameterError, match="precision"):
+        TrainConfig(str(stripes), str(tmp_path / "run"), precision="float16")
+
+
+@pytest.mark.slow
+def test_a_bfloat16_run_saves_a_float32_model(stripes, tmp_path):
+    out = tmp_path / "bf16"
+    config = TrainConfig(str(stripes), str(out), img_size=32, precision="bfloat16")
+    core, _ = build_training_model(resolve_plan(config))
+    assert {layer.compute_dtype for layer in core.layers[1:-1]} == {"bfloat16"}
+    assert core.get_layer("prediction").compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    train(stripes, out=out, img_size=32, epochs=1, batch_size=8, precision="bfloat16", workers=0)
+    assert keras.config.dtype_policy().name == "float32"  # restored after training
+    assert json.loads((out / "config.json").read_text())["precision"] == "bfloat16"
+    run = load_run(out)
+    policies = {layer.dtype_policy.name for layer in leaf_layers(run.model)}
+    assert "mixed_bfloat16" not in policies
+    images = sorted((stripes / "val").rglob("*.png"))[:3]
+    probabilities = run.model.predict(
+        np.stack([cvprep.read_image(p).astype(np.float32) for p in images]), verbose=0
+    )
+    assert probabilities.dtype == np.float32
+    for prediction in predict(out, images):
+        assert sum(prediction.probabilities.values()) == pytest.approx(1, abs=1e-6)
+    exported = export(out, "savedmodel")
+    assert exported.max_difference < 1e-4

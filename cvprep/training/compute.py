@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ CPUINFO = Path("/proc/cpuinfo")
 # One-FMA-port parts (some Xeon Silver/Bronze) reach half: pass the peak explicitly there.
 FLOP_PER_CYCLE = (("avx512f", 64), ("avx2", 32), ("sse2", 8))
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
+PRECISIONS = ("auto", "float32", "bfloat16")
+# What ``auto`` picks on a CPU with native BF16. The issue adopts bfloat16 only where it is
+# measured faster at equal validation accuracy (±0.005); no such CPU was available to
+# measure it, and TensorFlow runs the elementwise ops around the convolutions (batch
+# normalisation, activations, pooling, the optimizer's casts) on generic kernels, so the
+# gain is not certain: float32 until a measurement on BF16 hardware says otherwise (README).
+AUTO_ON_NATIVE_BF16 = "float32"
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,37 @@ def cpu_peak(text: str | None = None, cores: int | None = None) -> CpuPeak:
     return CpuPeak(cores or usable_cores(), cpu_ghz(text), per_cycle, name)
 
 
+def resolve_precision(precision: str, flags: Iterable[str] | None = None) -> str:
+    """``float32`` or ``bfloat16``: ``auto`` resolved for this CPU (or ``flags``).
+
+    ``auto`` is ``float32`` where the CPU has no BF16 instructions (bfloat16 is emulated
+    there: slower, see ``benchmarks/train_speed.py``), and :data:`AUTO_ON_NATIVE_BF16`
+    where it has them.
+
+    >>> resolve_precision("auto", {"avx512f"}), resolve_precision("bfloat16", {"avx512f"})
+    ('float32', 'bfloat16')
+    """
+    if precision != "auto":
+        return precision
+    native = has_native_bf16(cpu_flags() if flags is None else flags)
+    return AUTO_ON_NATIVE_BF16 if native else "float32"
+
+
+@contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Keras layers made inside compute in ``precision`` (``bfloat16``: Keras'
+    ``mixed_bfloat16``, variables stay float32); the global policy is restored after, so
+    nothing leaks into later Keras use in the process."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 # --------------------------------------------------------------------------- model FLOPs
 def forward_flops(model: Any) -> dict[str, int]:
     """Forward FLOPs per image of each convolution and dense layer (2 per multiply-add),
@@ -112,7 +151,7 @@ def forward_flops(model: Any) -> dict[str, int]:
     import keras
 
     counts: dict[str, int] = {}
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             height, width, channels = layer.output.shape[1:]
             taps = layer.kernel_size[0] * layer.kernel_size[1]
@@ -127,10 +166,10 @@ def forward_flops(model: Any) -> dict[str, int]:
     return counts
 
 
-def _leaf_layers(model: Any) -> list[Any]:
+def leaf_layers(model: Any) -> list[Any]:
     leaves = []
     for layer in model.layers:
-        leaves.extend(_leaf_layers(layer) if hasattr(layer, "layers") else [layer])
+        leaves.extend(leaf_layers(layer) if hasattr(layer, "layers") else [layer])
     return leaves
 
 
@@ -141,7 +180,7 @@ def training_flops(model: Any) -> int:
     them), 2× for frozen layers above it (only the input gradient)."""
     total, seen_trainable = 0, False
     forward = forward_flops(model)
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         flops = forward.get(layer.name, 0)
         trainable = layer.trainable and bool(layer.trainable_weights)
         if trainable:

@@ -18,6 +18,7 @@ from cvprep.augmentation import PRESET_NAMES
 from cvprep.dataset.engines import MAX_WORKERS
 from cvprep.errors import ParameterError
 from cvprep.pipeline import Pipeline
+from cvprep.training.compute import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "resize": RESIZE_MODES,
     "cache": CACHE_MODES,
     "augment": PRESET_NAMES,
+    "precision": PRECISIONS,
 }
 
 
@@ -257,6 +259,9 @@ class TrainConfig:
     # computed once for this many views (the image, its mirror, then augmented copies) and
     # the head trains on them; 0: the backbone runs on augmented images every epoch.
     feature_views: int = DEFAULT_FEATURE_VIEWS
+    # float32, bfloat16 (Keras' mixed_bfloat16; the last layer and the loss in float32), or
+    # auto (cvprep.training.compute.resolve_precision); the plan records the choice.
+    precision: str = "auto"
     seed: int = params.DEFAULT_SEED
     cache: str = "auto"
     workers: int | None = None

@@ -72,7 +72,9 @@ def compute_features(
         )
     vectors, labels = [], []
     for source in sources:
-        batches = [(np.asarray(extractor(x, training=False)), np.asarray(y)) for x, y in source]
+        batches = [
+            (np.asarray(extractor(x, training=False), np.float32), np.asarray(y)) for x, y in source
+        ]
         vectors.append(np.concatenate([v for v, _ in batches]))
         labels.append(np.concatenate([y for _, y in batches]))
     return Features(np.stack(vectors), np.stack(labels))

@@ -17,7 +17,7 @@ from typing import Any
 from cvprep.errors import CvprepError
 from cvprep.io import atomic_write_bytes
 from cvprep.training.data import CachedImages, make_dataset
-from cvprep.training.models import build_training_model, unfreeze_top
+from cvprep.training.models import build_training_model, in_float32, unfreeze_top
 from cvprep.training.plan import TrainPlan
 from cvprep.training.report import read_history
 from cvprep.training.run import BACKUP_FOLDER, CHECKPOINT_FILE, HISTORY_FILE
@@ -67,7 +67,7 @@ def fit_phases(
             rate, epochs = config.fine_tune_learning_rate, config.fine_tune_epochs
             _compile(core, plan, rate, epochs * inputs.steps)
         _fit(core, plan, inputs, Phase("fine-tuning", "phase2", epochs, rate, first), verbose, log)
-    return core, read_history(plan.out / HISTORY_FILE)
+    return in_float32(core, plan), read_history(plan.out / HISTORY_FILE)
 
 
 def _inputs(plan: TrainPlan, cached: dict[str, CachedImages]) -> Inputs:
