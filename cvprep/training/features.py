@@ -70,11 +70,11 @@ def compute_features(
                 seed=seed + view,
             )
         )
+    # A traced function: 1.5-2x the images/s of calling the model eagerly (measured, README).
+    forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
     vectors, labels = [], []
     for source in sources:
-        batches = [
-            (np.asarray(extractor(x, training=False), np.float32), np.asarray(y)) for x, y in source
-        ]
+        batches = [(np.asarray(forward(x), np.float32), np.asarray(y)) for x, y in source]
         vectors.append(np.concatenate([v for v, _ in batches]))
         labels.append(np.concatenate([y for _, y in batches]))
     return Features(np.stack(vectors), np.stack(labels))
