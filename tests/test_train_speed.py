@@ -90,8 +90,11 @@ def test_the_head_on_pooled_features_is_the_classifier(stripes, tmp_path):
     features = compute_features(extractor, cached, plan, views=3, seed=1)
     assert features.vectors.shape == (3, 6, extractor.output.shape[-1])
     mirrored = np.asarray(extractor(cached.images[:, :, ::-1].astype(np.float32)))
-    np.testing.assert_allclose(features.vectors[0], extractor(cached.images.astype(np.float32)))
-    np.testing.assert_allclose(features.vectors[1], mirrored, rtol=1e-5, atol=1e-6)
+    plain = np.asarray(extractor(cached.images.astype(np.float32)))
+    tolerance = 1e-4 * np.abs(plain).max()  # untrained weights: tiny outputs
+    np.testing.assert_allclose(features.vectors[0], plain, rtol=1e-4, atol=tolerance)
+    np.testing.assert_allclose(features.vectors[1], mirrored, rtol=1e-4, atol=tolerance)
+    assert np.abs(mirrored - plain).max() > 100 * tolerance  # the mirror is another view
     np.testing.assert_array_equal(features.labels[1], cached.labels)
     change = np.abs(features.vectors[2] - features.vectors[0]).max()
     assert change > 0.01 * np.abs(features.vectors[0]).max()  # augmented
