@@ -27,9 +27,11 @@ from cvprep.cli.common import (
     workers_option,
 )
 from cvprep.pipeline import Pipeline
+from cvprep.training.compute import PRECISIONS
 from cvprep.training.config import (
     BACKBONES,
     CACHE_MODES,
+    DEFAULT_FEATURE_VIEWS,
     MODELS,
     RESIZE_MODES,
     check_setting,
@@ -168,6 +170,24 @@ def recipe_default(name: str, what: str = "", models: Sequence[str] = MODELS) ->
     default=10,
     show_default=True,
     help="Early-stopping patience (epochs without a better validation loss).",
+)
+@click.option(
+    "--feature-views",
+    type=setting_type("feature_views", click.INT),
+    default=DEFAULT_FEATURE_VIEWS,
+    show_default=True,
+    help="Backbones: the frozen phase trains the head on backbone features computed once "
+    "for this many views of each image (itself, its mirror, then augmented copies); 0 runs "
+    "the backbone on augmented images every epoch.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="bfloat16: Keras' mixed_bfloat16 (the last layer and the loss in float32); auto: "
+    "float32 (bfloat16 was not measured faster on any CPU yet: README). The saved model "
+    "computes in float32.",
 )
 @click.option(
     "--cache",

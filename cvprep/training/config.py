@@ -18,6 +18,7 @@ from cvprep.augmentation import PRESET_NAMES
 from cvprep.dataset.engines import MAX_WORKERS
 from cvprep.errors import ParameterError
 from cvprep.pipeline import Pipeline
+from cvprep.training.compute import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ RESIZE_MODES = ("stretch", "pad", "crop")
 CACHE_MODES = ("auto", "memory", "disk")
 MIN_SIZE = {"classic": 46, "cnn": 32}  # classic: four valid 3×3 convs + pools leave 1×1
 SCRATCH_SIZE = 150
+MAX_FEATURE_VIEWS = 16
+DEFAULT_FEATURE_VIEWS = 2  # the image and its mirror (README: measured)
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ LIMITS = {
     "label_smoothing": Limit("number", 0, 1, max_open=True, optional=True),
     "val_fraction": Limit("number", 0, 1, min_open=True, max_open=True),
     "patience": Limit("int", 1),
+    "feature_views": Limit("int", 0, MAX_FEATURE_VIEWS),
     "workers": Limit("int", 0, MAX_WORKERS, optional=True),
     "num_processes": Limit("int", 1),
     "process_id": Limit("int", 0),
@@ -182,6 +186,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "resize": RESIZE_MODES,
     "cache": CACHE_MODES,
     "augment": PRESET_NAMES,
+    "precision": PRECISIONS,
 }
 
 
@@ -250,6 +255,13 @@ class TrainConfig:
     ops: str | Pipeline = ""
     val_fraction: float = 0.1
     patience: int = 10
+    # Backbones' frozen phase: the pooled backbone features of each training image are
+    # computed once for this many views (the image, its mirror, then augmented copies) and
+    # the head trains on them; 0: the backbone runs on augmented images every epoch.
+    feature_views: int = DEFAULT_FEATURE_VIEWS
+    # float32, bfloat16 (Keras' mixed_bfloat16; the last layer and the loss in float32), or
+    # auto (cvprep.training.compute.resolve_precision); the plan records the choice.
+    precision: str = "auto"
     seed: int = params.DEFAULT_SEED
     cache: str = "auto"
     workers: int | None = None

@@ -9,19 +9,24 @@ that it takes raw RGB images of any size:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from cvprep.training.compute import dtype_policy
 from cvprep.training.config import BACKBONES
 from cvprep.training.plan import TrainPlan
 
 
 def head(x: Any, num_classes: int) -> Any:
-    """One sigmoid unit for two classes, else a softmax."""
+    """One sigmoid unit for two classes, else a softmax; in float32 whatever the policy
+    (with ``mixed_bfloat16``, the probabilities and the loss stay float32)."""
     import keras
 
     if num_classes == 2:
-        return keras.layers.Dense(1, activation="sigmoid", name="prediction")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="prediction")(x)
+        return keras.layers.Dense(1, activation="sigmoid", name="prediction", dtype="float32")(x)
+    return keras.layers.Dense(
+        num_classes, activation="softmax", name="prediction", dtype="float32"
+    )(x)
 
 
 def build_classic(size: int, channels: int, num_classes: int) -> Any:
@@ -94,8 +99,24 @@ def build_backbone(plan: TrainPlan) -> Any:
 
 
 def build_training_model(plan: TrainPlan) -> tuple[Any, Any]:
-    """The model ``fit`` trains (fixed-size input, the plan's channels); returns (model,
-    backbone or None)."""
+    """The model ``fit`` trains (fixed-size input, the plan's channels), in the plan's
+    precision; returns (model, backbone or None)."""
+    with dtype_policy(plan.config.precision):
+        return _build_training_model(plan)
+
+
+def in_float32(core: Any, plan: TrainPlan) -> Any:
+    """``core`` rebuilt in float32 with its weights (a bfloat16 run's variables are float32
+    already): the saved model computes and predicts in float32."""
+    if plan.config.precision == "float32":
+        return core
+    config = replace(plan.config, precision="float32")
+    copy, _ = build_training_model(replace(plan, config=config))
+    copy.set_weights(core.get_weights())
+    return copy
+
+
+def _build_training_model(plan: TrainPlan) -> tuple[Any, Any]:
     import keras
 
     from cvprep.keras_layers import InputScaling

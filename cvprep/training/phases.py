@@ -18,7 +18,7 @@ from typing import Any
 from cvprep.errors import CvprepError
 from cvprep.io import atomic_write_bytes
 from cvprep.training.data import CachedImages, make_dataset
-from cvprep.training.models import build_training_model, unfreeze_top
+from cvprep.training.models import build_training_model, in_float32, unfreeze_top
 from cvprep.training.plan import TrainPlan
 from cvprep.training.report import read_history
 from cvprep.training.run import BACKUP_FOLDER, CHECKPOINT_FILE, HISTORY_FILE
@@ -59,14 +59,16 @@ def fit_phases(
     with strategy.scope():
         core, base = build_training_model(plan)
         _compile(core, plan, config.learning_rate, config.epochs * inputs.steps)
-    first = _phase_one(core, plan, inputs, verbose, log)
+    first = _phase_one(
+        core, plan, _phase_one_inputs(core, base, plan, cached, inputs, log), verbose, log
+    )
     if base is not None and config.fine_tune_epochs > 0:
         with strategy.scope():
             unfreeze_top(base, config.unfreeze)
             rate, epochs = config.fine_tune_learning_rate, config.fine_tune_epochs
             _compile(core, plan, rate, epochs * inputs.steps)
         _fit(core, plan, inputs, Phase("fine-tuning", "phase2", epochs, rate, first), verbose, log)
-    return core, read_history(plan.out / HISTORY_FILE)
+    return in_float32(core, plan), read_history(plan.out / HISTORY_FILE)
 
 
 def _inputs(plan: TrainPlan, cached: dict[str, CachedImages]) -> Inputs:
@@ -88,8 +90,37 @@ def _inputs(plan: TrainPlan, cached: dict[str, CachedImages]) -> Inputs:
     return Inputs(train, val, count // per_process if several else -(-count // per_process))
 
 
+def _phase_one_inputs(
+    core: Any,
+    base: Any,
+    plan: TrainPlan,
+    cached: dict[str, CachedImages],
+    inputs: Inputs,
+    log: Callable[[str], None],
+) -> Callable[[], tuple[Any, Inputs]]:
+    """What phase 1 fits, and on what (made only when phase 1 runs): a frozen backbone's
+    head on features computed once (``feature_views``), else the whole network on images."""
+    config = plan.config
+    if base is None or not config.feature_views or config.num_processes > 1:
+        return lambda: (core, inputs)
+
+    def on_features() -> tuple[Any, Inputs]:
+        from cvprep.training.features import feature_datasets
+
+        head, train, val, steps = feature_datasets(core, plan, cached, log)
+        with _strategy(config.distribute).scope():
+            _compile(head, plan, config.learning_rate, config.epochs * steps)
+        return head, Inputs(train, val, steps)
+
+    return on_features
+
+
 def _phase_one(
-    core: Any, plan: TrainPlan, inputs: Inputs, verbose: int, log: Callable[[str], None]
+    core: Any,
+    plan: TrainPlan,
+    trainee: Callable[[], tuple[Any, Inputs]],
+    verbose: int,
+    log: Callable[[str], None],
 ) -> int:
     """Phase 1, unless a whole record of its end is on disk; returns its epoch count."""
     from cvprep.training.backup import load_weights, save_weights
@@ -104,8 +135,9 @@ def _phase_one(
         done.unlink()
         record.unlink(missing_ok=True)
     config = plan.config
+    model, inputs = trainee()
     _fit(
-        core,
+        model,
         plan,
         inputs,
         Phase("phase 1", "phase1", config.epochs, config.learning_rate, 0),

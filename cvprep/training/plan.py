@@ -11,7 +11,7 @@ writes nothing.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from cvprep.errors import CvprepError, ParameterError
 from cvprep.files import require_folder
 from cvprep.params import fail
 from cvprep.pipeline import Pipeline, SpecError
+from cvprep.training.compute import resolve_precision
 from cvprep.training.config import TrainConfig
 from cvprep.training.data import Split, carve_validation, discover, process_shard
 
@@ -122,7 +123,7 @@ def resolve_plan(config: TrainConfig) -> TrainPlan:
     >>> plan.validation
     Validation(source='train', images=2, fraction=0.1, seed=1337)
     """
-    config = config.resolved()
+    config = replace(config.resolved(), precision=resolve_precision(config.precision))
     _check_weights(config)
     data = require_folder(config.data, "data")
     record = read_preprocessing_record(data)

@@ -1,0 +1,140 @@
+"""Training speed against the CPU's peak: achieved GFLOP/s of cvprep's networks.
+
+    python benchmarks/train_speed.py [--models cnn,mobilenet,mobilenet-frozen] [--steps 12]
+        [--warmup 3] [--images 384] [--weights FILE] [--peak-gflops N]
+        [--precision float32,bfloat16]
+
+For each model, on the dev photos (``train/``; a share of ``--images`` photos decoded once
+into cvprep's cache, as ``cvprep train`` does):
+
+- its training FLOPs per image, counted from the model's own Conv/DepthwiseConv/Dense
+  shapes (:func:`cvprep.training.compute.training_flops`: 3× forward for trainable layers,
+  1× for a frozen backbone below them);
+- the seconds of ``--steps`` training steps (``model.fit``, batches of 32) after ``--warmup``
+  steps, with the real input (cache + shuffle + ``medium`` augmentation in ``tf.data``) and
+  with one in-memory batch repeated (the model's compute alone);
+- achieved GFLOP/s and the fraction of the CPU's FP32 peak (cores from the affinity mask,
+  clock from ``/proc/cpuinfo``, FLOP/cycle from its flags; ``--peak-gflops`` overrides).
+
+Models: ``cnn`` (150×150, phase 1 of ``--model cnn``), ``mobilenet`` (α 0.25, 288×288,
+fine-tuning: every layer trainable, ``--model mobilenet``'s phase 2) and ``mobilenet-frozen``
+(its phase 1: the head on the frozen backbone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import tensorflow as tf
+
+from cvprep.training import TrainConfig
+from cvprep.training.compute import cpu_peak, forward_flops, training_flops
+from cvprep.training.data import CachedImages, Split, discover, load_split, make_dataset
+from cvprep.training.models import build_training_model, unfreeze_top
+from cvprep.training.phases import _compile
+from cvprep.training.plan import resolve_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT.parent / "shared" / "data" / "cats_vs_dogs_dev"
+WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+BATCH = 32
+tf.get_logger().setLevel("ERROR")
+
+
+def subset(split: Split, count: int) -> Split:
+    """``count`` files drawn at random (seeded): both classes, as in training."""
+    order = np.random.default_rng(1).permutation(len(split))[:count]
+    return Split(tuple(split.files[i] for i in order), tuple(split.labels[i] for i in order))
+
+
+def build(name: str, weights: Path, precision: str, scratch: Path) -> tuple[object, object]:
+    """The model of ``name`` compiled as ``cvprep train`` compiles it, and its plan."""
+    model = "cnn" if name == "cnn" else "mobilenet"
+    options = {"alpha": 0.25, "weights": str(weights)} if model == "mobilenet" else {}
+    if precision != "float32":
+        options["precision"] = precision
+    plan = resolve_plan(TrainConfig(str(DEV), str(scratch / name), model=model, **options))
+    core, base = build_training_model(plan)
+    if name == "mobilenet":
+        unfreeze_top(base, plan.config.unfreeze)
+    rate = plan.config.learning_rate if base is None or name != "mobilenet" else 1e-4
+    _compile(core, plan, rate, 1000)
+    return core, plan
+
+
+def timed_fit(model: object, data: tf.data.Dataset, warmup: int, steps: int) -> float:
+    """Seconds of ``steps`` training steps after ``warmup`` steps (tracing, caches)."""
+    data = data.repeat()
+    model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    return time.perf_counter() - start
+
+
+def measure(name: str, args: argparse.Namespace, precision: str, scratch: Path) -> None:
+    model, plan = build(name, args.weights, precision, scratch)
+    _, splits = discover(DEV)
+    cached: CachedImages = load_split(
+        subset(splits["train"], args.images),
+        pipeline=plan.preprocessing.ops,
+        size=plan.size,
+        resize=plan.config.resize,
+        channels=3,
+        log=lambda _: None,
+    )
+    real = make_dataset(
+        cached, batch_size=BATCH, num_classes=2, training=True, augment=plan.config.augment
+    )
+    batch = (
+        tf.constant(cached.images[:BATCH], tf.float32),
+        tf.constant(cached.labels[:BATCH], tf.float32),
+    )
+    tensors = tf.data.Dataset.from_tensors(batch)
+    flops = training_flops(model)
+    forward = sum(forward_flops(model).values())
+    print(
+        f"\n{name} ({plan.size}×{plan.size}, {precision}): forward {forward / 1e9:.3f} GFLOP, "
+        f"training {flops / 1e9:.3f} GFLOP per image"
+    )
+    for label, data in (("real input", real), ("in-memory", tensors)):
+        seconds = timed_fit(model, data, args.warmup, args.steps)
+        images = args.steps * BATCH
+        achieved = flops * images / seconds / 1e9
+        print(
+            f"  {label:11s} {images / seconds:7.1f} images/s  {seconds / args.steps:6.3f} s/step  "
+            f"{achieved:6.1f} GFLOP/s  {achieved / args.peak:5.1%} of peak"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="cnn,mobilenet-frozen,mobilenet")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--images", type=int, default=384)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
+    parser.add_argument("--peak-gflops", type=float)
+    parser.add_argument("--precision", default="float32")
+    args = parser.parse_args()
+    peak = cpu_peak()
+    args.peak = args.peak_gflops or peak.gflops
+    source = "--peak-gflops" if args.peak_gflops else peak.describe()
+    print(f"TensorFlow {tf.__version__}; CPU peak (FP32): {args.peak:.0f} GFLOP/s from {source}")
+    print(f"batches of {BATCH}, {args.steps} steps timed after {args.warmup} warm-up steps")
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in args.precision.split(","):
+            for name in args.models.split(","):
+                measure(name, args, precision, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""What a model asks of the CPU, and what the CPU can give: FLOPs counted from a Keras
+model's layers, the CPU's peak from its flags, and the training precision it supports.
+
+The figures feed ``benchmarks/train_speed.py`` (achieved GFLOP/s against the peak) and the
+``auto`` choice of ``--precision``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CPUINFO = Path("/proc/cpuinfo")
+# FP32 FLOPs per cycle and core: a 16-lane (AVX-512) or 8-lane (AVX2) fused multiply-add
+# (2 FLOPs a lane) on two FMA ports, as Xeons of the Skylake-SP generation onwards have.
+# One-FMA-port parts (some Xeon Silver/Bronze) reach half: pass the peak explicitly there.
+FLOP_PER_CYCLE = (("avx512f", 64), ("avx2", 32), ("sse2", 8))
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
+PRECISIONS = ("auto", "float32", "bfloat16")
+# What ``auto`` picks on a CPU with native BF16. The issue adopts bfloat16 only where it is
+# measured faster at equal validation accuracy (±0.005); no such CPU was available to
+# measure it, and TensorFlow runs the elementwise ops around the convolutions (batch
+# normalisation, activations, pooling, the optimizer's casts) on generic kernels, so the
+# gain is not certain: float32 until a measurement on BF16 hardware says otherwise (README).
+AUTO_ON_NATIVE_BF16 = "float32"
+
+
+@dataclass(frozen=True)
+class CpuPeak:
+    """The CPU's FP32 peak and how it was worked out (printed next to every fraction)."""
+
+    cores: int
+    ghz: float
+    flop_per_cycle: int
+    instructions: str  # "avx512f", "avx2", …
+
+    @property
+    def gflops(self) -> float:
+        return self.cores * self.ghz * self.flop_per_cycle
+
+    def describe(self) -> str:
+        return (
+            f"{self.cores} cores × {self.ghz:.2f} GHz × {self.flop_per_cycle} FP32 FLOP/cycle "
+            f"({self.instructions}, two FMA units assumed) = {self.gflops:.0f} GFLOP/s"
+        )
+
+
+def cpu_flags(text: str | None = None) -> frozenset[str]:
+    """The instruction-set flags of the first CPU in ``/proc/cpuinfo`` (or ``text``);
+    empty where there is none (macOS, Windows)."""
+    if text is None:
+        try:
+            text = CPUINFO.read_text()
+        except OSError:
+            return frozenset()
+    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return frozenset(match.group(1).split()) if match else frozenset()
+
+
+def has_native_bf16(flags: Iterable[str]) -> bool:
+    """Whether the CPU computes BF16 dot products in hardware (AVX512-BF16 or AMX).
+
+    >>> has_native_bf16({"avx512f", "avx512_bf16"}), has_native_bf16({"avx512f"})
+    (True, False)
+    """
+    return any(flag in set(flags) for flag in NATIVE_BF16)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_ghz(text: str | None = None) -> float:
+    """The nominal clock: the ``@ 2.80GHz`` of the model name, else the current MHz."""
+    if text is None:
+        try:
+            text = CPUINFO.read_text()
+        except OSError:
+            return 0.0
+    named = re.search(r"^model name\s*:.*@\s*([\d.]+)\s*GHz", text, re.MULTILINE)
+    if named:
+        return float(named.group(1))
+    current = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.MULTILINE)
+    return float(current.group(1)) / 1000 if current else 0.0
+
+
+def cpu_peak(text: str | None = None, cores: int | None = None) -> CpuPeak:
+    """The FP32 peak of the usable cores, from ``/proc/cpuinfo`` (or ``text``).
+
+    >>> info = "model name : Xeon @ 2.80GHz\\nflags : fpu avx2 avx512f"
+    >>> cpu_peak(info, cores=2).gflops
+    358.4
+    """
+    flags = cpu_flags(text)
+    name, per_cycle = next(((f, n) for f, n in FLOP_PER_CYCLE if f in flags), ("scalar", 2))
+    return CpuPeak(cores or usable_cores(), cpu_ghz(text), per_cycle, name)
+
+
+def resolve_precision(precision: str, flags: Iterable[str] | None = None) -> str:
+    """``float32`` or ``bfloat16``: ``auto`` resolved for this CPU (or ``flags``).
+
+    ``auto`` is ``float32`` where the CPU has no BF16 instructions (bfloat16 is emulated
+    there: slower, see ``benchmarks/train_speed.py``), and :data:`AUTO_ON_NATIVE_BF16`
+    where it has them.
+
+    >>> resolve_precision("auto", {"avx512f"}), resolve_precision("bfloat16", {"avx512f"})
+    ('float32', 'bfloat16')
+    """
+    if precision != "auto":
+        return precision
+    native = has_native_bf16(cpu_flags() if flags is None else flags)
+    return AUTO_ON_NATIVE_BF16 if native else "float32"
+
+
+@contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Keras layers made inside compute in ``precision`` (``bfloat16``: Keras'
+    ``mixed_bfloat16``, variables stay float32); the global policy is restored after, so
+    nothing leaks into later Keras use in the process."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# --------------------------------------------------------------------------- model FLOPs
+def forward_flops(model: Any) -> dict[str, int]:
+    """Forward FLOPs per image of each convolution and dense layer (2 per multiply-add),
+    from the layers' own shapes; nested models are walked. Pooling, normalisation and
+    activations are left out: they are a few per cent of a CNN's arithmetic.
+
+    >>> import keras
+    >>> x = keras.Input((8, 8, 3))
+    >>> y = keras.layers.Conv2D(4, 3, padding="same", name="c")(x)
+    >>> forward_flops(keras.Model(x, y))  # 8·8 outputs × 4 filters × 3·3·3 taps × 2
+    {'c': 13824}
+    """
+    import keras
+
+    counts: dict[str, int] = {}
+    for layer in leaf_layers(model):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            height, width, channels = layer.output.shape[1:]
+            taps = layer.kernel_size[0] * layer.kernel_size[1]
+            counts[layer.name] = 2 * height * width * channels * taps
+        elif isinstance(layer, keras.layers.Conv2D):
+            height, width, filters = layer.output.shape[1:]
+            inputs = layer.input.shape[-1] // layer.groups
+            taps = layer.kernel_size[0] * layer.kernel_size[1] * inputs
+            counts[layer.name] = 2 * height * width * filters * taps
+        elif isinstance(layer, keras.layers.Dense):
+            counts[layer.name] = 2 * layer.input.shape[-1] * layer.units
+    return counts
+
+
+def leaf_layers(model: Any) -> list[Any]:
+    leaves = []
+    for layer in model.layers:
+        leaves.extend(leaf_layers(layer) if hasattr(layer, "layers") else [layer])
+    return leaves
+
+
+def training_flops(model: Any) -> int:
+    """FLOPs per training image: 3× the forward FLOPs of trainable layers (the backward pass
+    computes the gradient of the input and of the weights, each costing about a forward
+    pass), 1× for frozen layers below the first trainable one (nothing flows back through
+    them), 2× for frozen layers above it (only the input gradient)."""
+    total, seen_trainable = 0, False
+    forward = forward_flops(model)
+    for layer in leaf_layers(model):
+        flops = forward.get(layer.name, 0)
+        trainable = layer.trainable and bool(layer.trainable_weights)
+        if trainable:
+            total += 3 * flops
+            seen_trainable = True
+        else:
+            total += (2 if seen_trainable else 1) * flops
+    return total

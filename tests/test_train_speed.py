@@ -1,0 +1,162 @@
+"""Training speed: FLOP counting, the CPU's peak, cached backbone features."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import cvprep
+from cvprep.errors import ParameterError
+from cvprep.training import TrainConfig, export, predict, train
+from cvprep.training.compute import (
+    cpu_flags,
+    cpu_ghz,
+    cpu_peak,
+    forward_flops,
+    has_native_bf16,
+    leaf_layers,
+    resolve_precision,
+    training_flops,
+)
+from cvprep.training.data import CachedImages
+from cvprep.training.features import compute_features, split_at_pooling
+from cvprep.training.models import build_cnn, build_training_model
+from cvprep.training.plan import resolve_plan
+from cvprep.training.run import load_run
+from tests.test_training import make_stripes
+
+ZEN4 = """processor : 0
+model name : AMD EPYC 9R14 96-Core Processor
+cpu MHz : 2600.000
+flags : fpu sse2 avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni
+"""
+ICE_LAKE = """processor : 0
+model name : Intel(R) Xeon(R) Processor @ 2.80GHz
+cpu MHz : 2800.000
+flags : fpu sse2 avx2 fma avx512f avx512bw avx512_vnni
+"""
+
+
+@pytest.fixture(scope="module")
+def stripes(tmp_path_factory):
+    return make_stripes(tmp_path_factory.mktemp("stripes"), {"train": 12, "val": 4})
+
+
+def test_cpu_peak_and_bf16_from_the_flags():
+    assert has_native_bf16(cpu_flags(ZEN4)) and not has_native_bf16(cpu_flags(ICE_LAKE))
+    assert cpu_ghz(ICE_LAKE) == 2.8 and cpu_ghz(ZEN4) == 2.6  # no "@": the MHz line
+    assert cpu_peak(ICE_LAKE, cores=2).gflops == pytest.approx(2 * 2.8 * 64)
+    avx2 = ICE_LAKE.replace(" avx512f avx512bw avx512_vnni", "")
+    assert cpu_peak(avx2, cores=4).gflops == pytest.approx(4 * 2.8 * 32)
+    assert cpu_flags("no flags here") == frozenset()
+
+
+def test_flops_are_counted_from_each_layers_shapes():
+    inputs = keras.Input((10, 10, 4))
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(inputs)
+    x = keras.layers.Conv2D(6, 1, name="pw")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, name="fc")(x)
+    model = keras.Model(inputs, outputs)
+    expected = {"dw": 2 * 5 * 5 * 4 * 9, "pw": 2 * 5 * 5 * 6 * 4, "fc": 2 * 6 * 3}
+    assert forward_flops(model) == expected
+    assert training_flops(model) == 3 * sum(expected.values())
+    model.get_layer("dw").trainable = False  # frozen below every trainable layer: forward only
+    assert training_flops(model) == expected["dw"] + 3 * (expected["pw"] + expected["fc"])
+    model.get_layer("dw").trainable = True
+    model.get_layer("pw").trainable = False  # frozen above a trainable layer: input gradient
+    assert training_flops(model) == 3 * expected["dw"] + 2 * expected["pw"] + 3 * expected["fc"]
+
+
+def test_the_cnn_costs_what_the_issue_says():
+    assert sum(forward_flops(build_cnn(150, 3, 2)).values()) / 1e9 == pytest.approx(0.70, abs=0.01)
+
+
+def test_the_head_on_pooled_features_is_the_classifier(stripes, tmp_path):
+    config = TrainConfig(
+        str(stripes), str(tmp_path), model="mobilenet", alpha=0.25, weights="none", img_size=32
+    )
+    plan = resolve_plan(config)
+    core, _ = build_training_model(plan)
+    extractor, head = split_at_pooling(core)
+    images = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        head(extractor(images)), core(images, training=False), rtol=1e-5, atol=1e-6
+    )
+    cached = CachedImages(images.astype(np.uint8), np.arange(6) % 2, [f"{i}" for i in range(6)])
+    features = compute_features(extractor, cached, plan, views=3, seed=1)
+    assert features.vectors.shape == (3, 6, extractor.output.shape[-1])
+    mirrored = np.asarray(extractor(cached.images[:, :, ::-1].astype(np.float32)))
+    plain = np.asarray(extractor(cached.images.astype(np.float32)))
+    tolerance = 1e-4 * np.abs(plain).max()  # untrained weights: tiny outputs
+    np.testing.assert_allclose(features.vectors[0], plain, rtol=1e-4, atol=tolerance)
+    np.testing.assert_allclose(features.vectors[1], mirrored, rtol=1e-4, atol=tolerance)
+    assert np.abs(mirrored - plain).max() > 100 * tolerance  # the mirror is another view
+    np.testing.assert_array_equal(features.labels[1], cached.labels)
+    change = np.abs(features.vectors[2] - features.vectors[0]).max()
+    assert change > 0.01 * np.abs(features.vectors[0]).max()  # augmented
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("views", [0, 2])
+def test_frozen_phase_on_features_or_images_is_recorded(stripes, tmp_path, views):
+    result = train(
+        stripes,
+        out=tmp_path / "run",
+        model="mobilenet",
+        alpha=0.25,
+        weights="none",
+        img_size=32,
+        epochs=2,
+        fine_tune_epochs=0,
+        batch_size=8,
+        feature_views=views,
+        workers=0,
+    )
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["feature_views"] == views
+    assert result.metrics["epochs_run"] == 2 and len(result.history["val_loss"]) == 2
+
+
+def test_auto_precision_follows_the_cpu_flags(stripes, tmp_path, monkeypatch):
+    from cvprep.training import compute
+
+    assert resolve_precision("auto", cpu_flags(ICE_LAKE)) == "float32"  # bfloat16 emulated
+    assert resolve_precision("auto", cpu_flags(ZEN4)) == compute.AUTO_ON_NATIVE_BF16
+    assert resolve_precision("float32", cpu_flags(ZEN4)) == "float32"
+    monkeypatch.setattr(compute, "AUTO_ON_NATIVE_BF16", "bfloat16")  # once measured faster
+    assert resolve_precision("auto", cpu_flags(ZEN4)) == "bfloat16"
+    assert resolve_precision("auto", cpu_flags(ICE_LAKE)) == "float32"
+    monkeypatch.setattr(compute, "CPUINFO", tmp_path / "cpuinfo")
+    (tmp_path / "cpuinfo").write_text(ZEN4)
+    plan = resolve_plan(TrainConfig(str(stripes), str(tmp_path / "run")))
+    assert plan.config.precision == "bfloat16" and plan.settings()["precision"] == "bfloat16"
+    with pytest.raises(ParameterError, match="precision"):
+        TrainConfig(str(stripes), str(tmp_path / "run"), precision="float16")
+
+
+@pytest.mark.slow
+def test_a_bfloat16_run_saves_a_float32_model(stripes, tmp_path):
+    out = tmp_path / "bf16"
+    config = TrainConfig(str(stripes), str(out), img_size=32, precision="bfloat16")
+    core, _ = build_training_model(resolve_plan(config))
+    assert {layer.compute_dtype for layer in core.layers[1:-1]} == {"bfloat16"}
+    assert core.get_layer("prediction").compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    train(stripes, out=out, img_size=32, epochs=1, batch_size=8, precision="bfloat16", workers=0)
+    assert keras.config.dtype_policy().name == "float32"  # restored after training
+    assert json.loads((out / "config.json").read_text())["precision"] == "bfloat16"
+    run = load_run(out)
+    policies = {layer.dtype_policy.name for layer in leaf_layers(run.model)}
+    assert "mixed_bfloat16" not in policies
+    images = sorted((stripes / "val").rglob("*.png"))[:3]
+    probabilities = run.model.predict(
+        np.stack([cvprep.read_image(p).astype(np.float32) for p in images]), verbose=0
+    )
+    assert probabilities.dtype == np.float32
+    for prediction in predict(out, images):
+        assert sum(prediction.probabilities.values()) == pytest.approx(1, abs=1e-6)
+    exported = export(out, "savedmodel")
+    assert exported.max_difference < 1e-4
