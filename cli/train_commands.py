@@ -94,7 +94,7 @@ def recipe_default(name: str, what: str = "", models: Sequence[str] = MODELS) ->
     type=setting_type("img_size", click.INT),
     help=recipe_default(
         "img_size",
-        "Square input size; from scratch, images of at most 64 pixels train at their own "
+        "Square input size; --model cnn trains images of at most 64 pixels at their own "
         "size (at least 32).",
     ),
 )

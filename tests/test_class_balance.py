@@ -160,7 +160,7 @@ def test_small_images_train_at_their_own_size_from_32(tmp_path):
     data = tiny_images(tmp_path / "data", {"bottom": 5, "top": 5}, size=8)
     assert resolve_plan(TrainConfig(str(data), "r")).size == 32
     assert resolve_plan(TrainConfig(str(data), "r", img_size=16)).size == 16
-    assert resolve_plan(TrainConfig(str(data), "r", model="classic")).size == 46
+    assert resolve_plan(TrainConfig(str(data), "r", model="classic")).size == 150
     assert resolve_plan(TrainConfig(str(data), "r", model="mobilenet")).size == 288
     wider = tiny_images(tmp_path / "wider", {"bottom": 5, "top": 5}, size=48)
     assert resolve_plan(TrainConfig(str(wider), "r")).size == 48

@@ -81,7 +81,8 @@ def train(
     Keyword options mirror ``cvprep train``'s (see :class:`TrainConfig`): ``model`` ("cnn",
     "classic", "mobilenet", …), ``alpha``, ``weights``, ``img_size``, ``epochs``,
     ``fine_tune_epochs``, ``augment``, ``learning_rate``, ``label_smoothing``,
-    ``val_fraction``, ``seed``, … Left out, each takes the model's measured default.
+    ``class_weight`` ("auto", "balanced", "none"), ``val_fraction``, ``seed``, … Left out,
+    each takes the model's measured default.
 
     The run folder ``out`` gets ``model.keras`` (raw RGB images of any size in, probabilities
     out: the preprocessing is inside), ``labels.json``, ``pipeline.json``, ``config.json``,

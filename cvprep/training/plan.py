@@ -23,10 +23,10 @@ from cvprep.errors import CvprepError, ParameterError
 from cvprep.files import require_folder
 from cvprep.params import fail
 from cvprep.pipeline import Pipeline, SpecError
-from cvprep.training.config import FROM_SCRATCH, IMBALANCE_RATIO, MIN_SIZE, TrainConfig
+from cvprep.training.config import IMBALANCE_RATIO, TrainConfig
 from cvprep.training.data import Split, carve_validation, discover, process_shard
 
-SMALL_IMAGE = 64  # from scratch, images no larger than this train at their own size
+SMALL_IMAGE = 64  # cnn: images no larger than this train at their own size
 SIZE_SAMPLE = 64  # training files whose headers decide it
 
 
@@ -218,14 +218,15 @@ def resolve_plan(config: TrainConfig) -> TrainPlan:
 
 
 def _small_images(config: TrainConfig, train: Split) -> TrainConfig:
-    """From scratch without ``img_size``: small images (digits, MNIST, CIFAR-10) train at
-    their own size, at least 32 (the model's minimum), not upscaled to 150 pixels."""
-    if config.img_size or config.model not in FROM_SCRATCH or config.recipe.img_size:
+    """``cnn`` without ``img_size``: small images (digits, MNIST, CIFAR-10) train at their
+    own size, at least 32, not upscaled to 150 pixels. (``classic`` is the course's network,
+    150 pixels and all.)"""
+    if config.img_size or config.model != "cnn":
         return config
     largest = largest_side(train.files[:: max(1, len(train) // SIZE_SAMPLE)])
     if largest is None or largest > SMALL_IMAGE:
         return config
-    return replace(config, img_size=max(32, MIN_SIZE[config.model], largest))
+    return replace(config, img_size=max(32, largest))
 
 
 def largest_side(files: Sequence[str]) -> int | None:
