@@ -31,7 +31,9 @@ from cvprep.training.compute import PRECISIONS
 from cvprep.training.config import (
     BACKBONES,
     CACHE_MODES,
+    CLASS_WEIGHTS,
     DEFAULT_FEATURE_VIEWS,
+    IMBALANCE_RATIO,
     MODELS,
     RESIZE_MODES,
     check_setting,
@@ -92,7 +94,11 @@ def recipe_default(name: str, what: str = "", models: Sequence[str] = MODELS) ->
 @click.option(
     "--img-size",
     type=setting_type("img_size", click.INT),
-    help=recipe_default("img_size", "Square input size."),
+    help=recipe_default(
+        "img_size",
+        "Square input size; --model cnn trains images of at most 64 pixels at their own "
+        "size (at least 32).",
+    ),
 )
 @click.option(
     "--resize",
@@ -155,6 +161,15 @@ def recipe_default(name: str, what: str = "", models: Sequence[str] = MODELS) ->
     help=recipe_default(
         "augment", "Random transforms while training, the presets of `cvprep augment`."
     ),
+)
+@click.option(
+    "--class-weight",
+    type=click.Choice(CLASS_WEIGHTS),
+    default="auto",
+    show_default=True,
+    help="Weigh each class's images in the loss so that every class counts the same "
+    "(balanced: n_images / (n_classes × images of the class)); auto: balanced when the "
+    f"largest class of train/ has >= {IMBALANCE_RATIO:g}× the images of the smallest.",
 )
 @click.option(
     "--val-fraction",
@@ -291,7 +306,8 @@ def evaluate_command(run: Path, data: Path, tta: bool, as_json: bool) -> None:
         emit_json(metrics)
     else:
         click.echo(
-            f"accuracy {metrics['accuracy']:.3f} on {metrics['count']} images "
+            f"accuracy {metrics['accuracy']:.3f}, balanced accuracy "
+            f"{metrics['balanced_accuracy']:.3f} on {metrics['count']} images "
             f"({metrics['evaluated_on']})"
         )
         for cls, values in metrics["per_class"].items():

@@ -97,7 +97,8 @@ def test_a_preprocessed_data_folder_is_read_through_its_record(data, tmp_path):
     assert plan.raw_test_folder == data.resolve() / "test"
     settings_ = plan.settings()
     assert settings_["data_spec"] == "resize=32x32,grayscale" and settings_["ops"] == "equalize"
-    assert settings_["classes"] == ["angular", "round"] and settings_["image_size"] == 150
+    # Files preprocessed to 32 pixels train at 32 (from scratch, small images keep their size).
+    assert settings_["classes"] == ["angular", "round"] and settings_["image_size"] == 32
     # A damaged record is refused as such, not read as "not preprocessed".
     (prepped / "cvprep.json").write_text(json.dumps({"command": "preprocess", "settings": 3}))
     assert read_preprocessing_record(prepped) == PreprocessingRecord()

@@ -44,7 +44,12 @@ FROM_SCRATCH = ("cnn", "classic")
 MODELS = (*FROM_SCRATCH, *BACKBONES)
 RESIZE_MODES = ("stretch", "pad", "crop")
 CACHE_MODES = ("auto", "memory", "disk")
-MIN_SIZE = {"classic": 46, "cnn": 32}  # classic: four valid 3×3 convs + pools leave 1×1
+# auto: balanced when the largest class of the training images has at least
+# IMBALANCE_RATIO × the images of the smallest, else none.
+CLASS_WEIGHTS = ("auto", "balanced", "none")
+IMBALANCE_RATIO = 1.5
+# classic: four valid 3×3 convs + pools leave 1×1; cnn: its pooling adapts to the input.
+MIN_SIZE = {"classic": 46, "cnn": 8}
 SCRATCH_SIZE = 150
 MAX_FEATURE_VIEWS = 16
 DEFAULT_FEATURE_VIEWS = 2  # the image and its mirror (README: measured)
@@ -165,7 +170,7 @@ class Limit:
 
 LIMITS = {
     "alpha": Limit("number", 0.1, 1.4),
-    "img_size": Limit("int", 32, 1024, optional=True),
+    "img_size": Limit("int", 8, 1024, optional=True),  # per model: MIN_SIZE
     "epochs": Limit("int", 1, optional=True),
     "fine_tune_epochs": Limit("int", 0, optional=True),
     "unfreeze": Limit("int", 0, optional=True),
@@ -187,6 +192,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cache": CACHE_MODES,
     "augment": PRESET_NAMES,
     "precision": PRECISIONS,
+    "class_weight": CLASS_WEIGHTS,
 }
 
 
@@ -252,6 +258,7 @@ class TrainConfig:
     fine_tune_learning_rate: float | None = None
     label_smoothing: float | None = None
     augment: str | None = None
+    class_weight: str = "auto"
     ops: str | Pipeline = ""
     val_fraction: float = 0.1
     patience: int = 10

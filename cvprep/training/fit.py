@@ -81,7 +81,8 @@ def train(
     Keyword options mirror ``cvprep train``'s (see :class:`TrainConfig`): ``model`` ("cnn",
     "classic", "mobilenet", …), ``alpha``, ``weights``, ``img_size``, ``epochs``,
     ``fine_tune_epochs``, ``augment``, ``learning_rate``, ``label_smoothing``,
-    ``val_fraction``, ``seed``, … Left out, each takes the model's measured default.
+    ``class_weight`` ("auto", "balanced", "none"), ``val_fraction``, ``seed``, … Left out,
+    each takes the model's measured default.
 
     The run folder ``out`` gets ``model.keras`` (raw RGB images of any size in, probabilities
     out: the preprocessing is inside), ``labels.json``, ``pipeline.json``, ``config.json``,
@@ -135,8 +136,9 @@ def train_with_config(
     _write_report(plan, model, core, cached, metrics, history, evaluation)
     shutil.rmtree(plan.out / CACHE_FOLDER, ignore_errors=True)
     log(
-        f"accuracy on {metrics['evaluated_on']}: {metrics['accuracy']:.3f} "
-        f"(validation {metrics['validation_accuracy']:.3f}); report: {plan.out / 'report.html'}"
+        f"accuracy on {metrics['evaluated_on']}: {metrics['accuracy']:.3f}, balanced "
+        f"{metrics['balanced_accuracy']:.3f} (validation {metrics['validation_accuracy']:.3f}); "
+        f"report: {plan.out / 'report.html'}"
     )
     seconds = time.perf_counter() - started
     return TrainResult(plan.out, metrics, history, plan.validation.to_dict(), seconds)
@@ -190,7 +192,7 @@ def _cache(plan: TrainPlan, log: Log) -> dict[str, CachedImages]:
     log(
         f"training {plan.config.model} on {len(cached['train'])} images, validating on "
         f"{len(cached['val'])} ({plan.validation.source}/), {plan.size}×{plan.size}, "
-        f"augment {plan.config.augment}"
+        f"augment {plan.config.augment}, class weights {plan.weighting.describe(plan.classes)}"
     )
     return cached
 
@@ -241,6 +243,7 @@ def _score(
     else:
         metrics = evaluation.metrics
     metrics["validation_accuracy"] = val_metrics["accuracy"]
+    metrics["validation_balanced_accuracy"] = val_metrics["balanced_accuracy"]
     return evaluation, metrics
 
 

@@ -221,6 +221,8 @@ def _fit(
             epochs=phase.first_epoch + phase.epochs,
             initial_epoch=start,
             callbacks=callbacks,
+            # Training batches only: the validation loss (early stopping) stays unweighted.
+            class_weight=plan.weighting.keras(),
             verbose=verbose,
             shuffle=False,  # tf.data already reshuffles every epoch
         )

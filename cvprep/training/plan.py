@@ -11,6 +11,7 @@ writes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,11 @@ from cvprep.files import require_folder
 from cvprep.params import fail
 from cvprep.pipeline import Pipeline, SpecError
 from cvprep.training.compute import resolve_precision
-from cvprep.training.config import TrainConfig
+from cvprep.training.config import IMBALANCE_RATIO, TrainConfig
 from cvprep.training.data import Split, carve_validation, discover, process_shard
+
+SMALL_IMAGE = 64  # cnn: images no larger than this train at their own size
+SIZE_SAMPLE = 64  # training files whose headers decide it
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,70 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class Weighting:
+    """How the training loss weighs each class: ``class_weight`` resolved against the
+    training split (``auto``: balanced when the classes are imbalanced, see
+    :data:`~cvprep.training.config.IMBALANCE_RATIO`)."""
+
+    mode: str  # "balanced" or "none"
+    asked: str  # the setting: "auto", "balanced" or "none"
+    counts: tuple[int, ...]  # training images per class (validation carved out)
+    weights: tuple[float, ...]  # per class, 1.0 each for "none"
+
+    @property
+    def ratio(self) -> float:
+        """Images of the largest class over those of the smallest (inf: a class has none)."""
+        smallest = min(self.counts)
+        return max(self.counts) / smallest if smallest else float("inf")
+
+    def keras(self) -> dict[int, float] | None:
+        """``class_weight`` for ``model.fit``; None when every weight is 1."""
+        return dict(enumerate(self.weights)) if self.mode == "balanced" else None
+
+    def describe(self, classes: Sequence[str]) -> str:
+        """For the log: ``balanced (auto: 4.0:1 imbalance): cat 0.625, dog 2.5``."""
+        why = f"{self.asked}: {self.ratio:.1f}:1 imbalance" if self.asked == "auto" else "asked"
+        if self.mode == "none":
+            return f"none ({why})"
+        pairs = ", ".join(f"{c} {w:.3g}" for c, w in zip(classes, self.weights, strict=True))
+        return f"balanced ({why}): {pairs}"
+
+    def to_dict(self, classes: Sequence[str]) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "images": dict(zip(classes, self.counts, strict=True)),
+            "weights": dict(zip(classes, self.weights, strict=True)),
+        }
+
+
+def resolve_weighting(asked: str, labels: Sequence[int], num_classes: int) -> Weighting:
+    """``class_weight`` against the training labels: scikit-learn's ``"balanced"`` weights,
+    ``n_images / (n_classes × images_of_class)``, so that every class weighs the same in the
+    loss (a class without images gets 1.0: it never occurs).
+
+    Examples
+    --------
+    >>> w = resolve_weighting("auto", [0, 0, 0, 0, 1], 2)
+    >>> w.mode, w.weights, w.keras()
+    ('balanced', (0.625, 2.5), {0: 0.625, 1: 2.5})
+    >>> resolve_weighting("auto", [0, 0, 0, 1, 1, 1, 1], 2).mode  # 4:3
+    'none'
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    counts = tuple(int(n) for n in np.bincount(np.asarray(labels, int), minlength=num_classes))
+    weighting = Weighting("none", asked, counts, (1.0,) * num_classes)
+    balanced = asked == "balanced" or (asked == "auto" and weighting.ratio >= IMBALANCE_RATIO)
+    if not balanced:
+        return weighting
+    present = np.flatnonzero(counts)
+    values = compute_class_weight("balanced", classes=present, y=np.asarray(labels, int))
+    weights = np.ones(num_classes)
+    weights[present] = values
+    return Weighting("balanced", asked, counts, tuple(round(float(w), 6) for w in weights))
+
+
+@dataclass(frozen=True)
 class TrainPlan:
     """Everything a run needs to know, decided before it starts."""
 
@@ -66,6 +134,7 @@ class TrainPlan:
     val: Split
     test: Split | None  # scored once, at the end
     validation: Validation
+    weighting: Weighting
 
     @property
     def data(self) -> Path:
@@ -104,6 +173,7 @@ class TrainPlan:
             "classes": list(self.classes),
             "image_size": self.size,
             "validation": self.validation.to_dict(),
+            "class_weights": self.weighting.to_dict(self.classes),
         }
 
 
@@ -130,11 +200,49 @@ def resolve_plan(config: TrainConfig) -> TrainPlan:
     classes, splits = discover(data)
     preprocessing = _preprocessing(record, config.ops)
     train, val, validation = _validation(splits, config)
+    # From every process's training images, so that all processes weigh alike.
+    weighting = resolve_weighting(config.class_weight, train.labels, len(classes))
     if config.num_processes > 1:
         train = process_shard(train, config.seed, config.num_processes, config.process_id)
+    config = _small_images(config, train)
     return TrainPlan(
-        config, tuple(classes), record, preprocessing, train, val, splits.get("test"), validation
+        config,
+        tuple(classes),
+        record,
+        preprocessing,
+        train,
+        val,
+        splits.get("test"),
+        validation,
+        weighting,
     )
+
+
+def _small_images(config: TrainConfig, train: Split) -> TrainConfig:
+    """``cnn`` without ``img_size``: small images (digits, MNIST, CIFAR-10) train at their
+    own size, at least 32, not upscaled to 150 pixels. (``classic`` is the course's network,
+    150 pixels and all.)"""
+    if config.img_size or config.model != "cnn":
+        return config
+    largest = largest_side(train.files[:: max(1, len(train) // SIZE_SAMPLE)])
+    if largest is None or largest > SMALL_IMAGE:
+        return config
+    return replace(config, img_size=max(32, largest))
+
+
+def largest_side(files: Sequence[str]) -> int | None:
+    """The largest height or width among ``files``, read from their headers (None when no
+    header can be read: the decoder reports those files later)."""
+    from PIL import Image
+
+    sides = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                sides.append(max(image.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return max(sides) if sides else None
 
 
 def _check_weights(config: TrainConfig) -> None:

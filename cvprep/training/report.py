@@ -280,7 +280,8 @@ def _page(
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(config.model)} on {html.escape(config.data)}</h1>
 <p>Accuracy on <b>{html.escape(str(metrics["evaluated_on"]))}</b>:
-<b>{metrics["accuracy"]:.3f}</b> ({metrics["count"]} images); validation accuracy
+<b>{metrics["accuracy"]:.3f}</b>, balanced accuracy (the mean of the per-class recalls)
+<b>{metrics["balanced_accuracy"]:.3f}</b> ({metrics["count"]} images); validation accuracy
 {metrics.get("validation_accuracy", float("nan")):.3f} on {validation.images} images
 from {html.escape(validation.source)}/; {metrics.get("epochs_run", "?")} epochs,
 {metrics.get("seconds", 0):.0f} s. Preprocessing built into the model:
