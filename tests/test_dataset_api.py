@@ -394,6 +394,7 @@ def test_every_third_party_import_is_a_declared_dependency():
             *project["dependencies"],
             *project["optional-dependencies"]["ray"],
             *project["optional-dependencies"]["jax"],
+            *project["optional-dependencies"]["serve"],
         ]
     }
     distributions = packages_distributions()
