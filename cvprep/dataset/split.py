@@ -41,7 +41,7 @@ from cvprep.dataset.duplicates import (
     near_duplicate_pairs,
     perceptual_hash,
 )
-from cvprep.dataset.engines import Engine, make_engine
+from cvprep.dataset.engines import Engine, LocalEngine, make_engine
 from cvprep.dataset.labels import LabelSpec
 from cvprep.dataset.output import (
     SettingsMismatchError,
@@ -509,6 +509,7 @@ def materialise(
     plan: Plan,
     mode: str,
     manifest: dict[str, tuple[str, str, str]],
+    runner: Engine | None = None,
 ) -> Changes:
     """Make OUT's split folders hold exactly the assigned items, each a copy (or link) of its
     input as it is now.
@@ -537,11 +538,13 @@ def materialise(
             changes.replaced.append(relative)
         assert item.file is not None
         pending[item.file].append(target)
-    _write(source, pending, mode)
+    _write(source, pending, mode, runner)
     return changes
 
 
-def _write(source: Source, pending: dict[SourceFile, list[Path]], mode: str) -> None:
+def _write(
+    source: Source, pending: dict[SourceFile, list[Path]], mode: str, runner: Engine | None
+) -> None:
     """Write every target: files of their own are copied or linked where they are; the
     bytes of archive members and array images are read once each (one pass over a
     compressed tar)."""
@@ -550,11 +553,32 @@ def _write(source: Source, pending: dict[SourceFile, list[Path]], mode: str) -> 
             for target in targets:
                 _link_or_copy(file, target, mode)
     unread = [file for file in pending if file.path is None]
+    if isinstance(runner, LocalEngine) and runner.workers and not source.sequential:
+        # Members of a zip (or images of an .npz) are inflated and written by the pool,
+        # each worker from its own open archive: a folder's copies are cheap kernel copies,
+        # these are not. Local workers only: they write to this machine's OUT.
+        tasks = [(file, tuple(pending[file])) for file in unread]
+        for failure in runner.map(_place_member, tasks):
+            if failure:
+                raise CvprepError(failure)
+        return
     for file, data in source.read_all(unread):
         if isinstance(data, ReadFailure):  # it was read when hashed: changed since
             raise CvprepError(f"{file.name}: {data.reason} (it changed during the split)")
         for target in pending[file]:
             place(file, target, data=data)
+
+
+def _place_member(task: tuple[SourceFile, tuple[Path, ...]]) -> str:
+    """Write one archive member to its targets (in a worker); why not, if it cannot be read."""
+    file, targets = task
+    try:
+        data = file.read()
+    except ImageError as exc:  # it was read when hashed: changed since
+        return f"{file.name}: {exc.reason} (it changed during the split)"
+    for target in targets:
+        place(file, target, data=data)
+    return ""
 
 
 def _is_copy_of(
@@ -809,7 +833,7 @@ def split(
         manifest = read_manifest(out)
         _assign(good, assigned, settings, {} if overwrite else manifest, reasons)
         write_record(out, COMMAND, settings, status="in progress")
-        changes = materialise(data, out, good, assigned, mode, manifest)
+        changes = materialise(data, out, good, assigned, mode, manifest, runner)
         result.written, result.replaced = changes.written, changes.replaced
         result.removed = _removal_reasons(changes.removed, items, manifest)
         write_manifest(out, items)
