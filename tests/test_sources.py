@@ -4,6 +4,7 @@ same result on the same images whatever the source. Bad input is listed with its
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
@@ -680,3 +681,24 @@ def test_a_job_leaves_no_archive_open(pictures, tmp_path):
         pytest.skip("no /proc/self/fd here")
     opened = {os.path.realpath(fd) for fd in fds.iterdir() if os.path.exists(fd)}
     assert str(archive.resolve()) not in opened
+
+
+def test_tiny_pictures_are_grouped_only_when_identical(tmp_path):
+    from cvprep.dataset.duplicates import perceptual_hash
+
+    rng = np.random.default_rng(0)
+    files = {}
+    for cls in "ab":
+        base = rng.integers(0, 256, (8, 8), np.uint8)
+        tiles = [
+            np.clip(base + rng.normal(0, 12, (8, 8)), 0, 255).astype(np.uint8) for _ in range(8)
+        ]
+        hashes = [perceptual_hash(tile) for tile in tiles]
+        assert min((hashes[0] ^ h).bit_count() for h in hashes[1:]) <= 6  # the hash joins them
+        files.update({f"{cls}/{cls}_{i}.png": encode_png(tile) for i, tile in enumerate(tiles)})
+    files["a/copy.png"] = files["a/a_0.png"]
+    dataset.split(write(tmp_path / "tiny", files), tmp_path / "data", seed=1, workers=0)
+    with (tmp_path / "data" / "manifest.csv").open() as handle:
+        groups = {row["path"]: (row["class"], row["group"]) for row in csv.DictReader(handle)}
+    assert groups["a/copy.png"] == groups["a/a_0.png"]  # exact copies still share a split
+    assert len(set(groups.values())) == len(files) - 1

@@ -72,6 +72,10 @@ COMMAND = "split"
 SPLIT_NAMES = ("train", "val", "test")
 MODES = ("copy", "hardlink", "symlink")
 MANIFEST = "manifest.csv"
+# Images with a shorter side below this take no part in near-duplicate grouping: the
+# perceptual hash upsamples them to 32×32, and distinct small pictures (8×8 digits: 45
+# different sixes in one group) then collide. Exact copies are still grouped.
+NEAR_MIN_SIDE = 32
 MANIFEST_COLUMNS = ["path", "class", "split", "sha256", "phash", "group", "reason", "file"]
 HELD_OUT = ("val", "test")  # splits a source may already have that a split keeps
 MAX_FOLDS = 100
@@ -101,6 +105,7 @@ class Item:
     file: SourceFile | None = None
     sha256: str = ""
     phash: int = 0
+    tiny: bool = False  # too small for the perceptual hash: exact duplicates only
     rejected: str = ""  # reason, when the file does not decode
     excluded: str = ""  # reason, when an exclusion list names it
     split: str = ""
@@ -285,7 +290,11 @@ def hash_one(task: HashTask, data: bytes | ReadFailure | None = None) -> Item:
         raw = fetch(task.file, data)
         item.sha256 = content_hash(raw)
         # Half-size decoding is plenty for a 32×32 perceptual hash and much faster.
-        item.phash = perceptual_hash(read_image(raw, reduce=2))
+        image = read_image(raw, reduce=2)
+        if min(image.shape[:2]) < NEAR_MIN_SIDE:  # small, or a small JPEG halved
+            image = read_image(raw)
+        item.phash = perceptual_hash(image)
+        item.tiny = min(image.shape[:2]) < NEAR_MIN_SIDE
     except ImageError as exc:
         item.rejected = f"{exc.kind}: {exc.reason}"
     return item
@@ -311,8 +320,9 @@ def group_items(
         else:
             by_sha[item.sha256] = index
     if near_threshold is not None:
-        near = near_duplicate_pairs([it.phash for it in items], near_threshold)
-        pairs.append(near)
+        hashed = np.array([index for index, it in enumerate(items) if not it.tiny], np.int64)
+        near = hashed[near_duplicate_pairs([items[i].phash for i in hashed], near_threshold)]
+        pairs.append(near.reshape(-1, 2))
         for i, j in near:
             distance = (items[i].phash ^ items[j].phash).bit_count()
             why.setdefault(
