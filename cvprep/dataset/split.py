@@ -72,10 +72,11 @@ COMMAND = "split"
 SPLIT_NAMES = ("train", "val", "test")
 MODES = ("copy", "hardlink", "symlink")
 MANIFEST = "manifest.csv"
-# Images with a shorter side below this take no part in near-duplicate grouping: the
-# perceptual hash upsamples them to 32×32, and distinct small pictures (8×8 digits: 45
-# different sixes in one group) then collide. Exact copies are still grouped.
-NEAR_MIN_SIDE = 32
+# Images with fewer pixels than the perceptual hash's 32×32 grid take no part in
+# near-duplicate grouping: the hash upsamples them, and distinct small pictures (8×8 digits:
+# 45 different sixes in one group) then collide. Exact copies are still grouped. A resized
+# copy such as 40×30 has enough pixels and is still found.
+NEAR_MIN_PIXELS = 32 * 32
 MANIFEST_COLUMNS = ["path", "class", "split", "sha256", "phash", "group", "reason", "file"]
 HELD_OUT = ("val", "test")  # splits a source may already have that a split keeps
 MAX_FOLDS = 100
@@ -291,13 +292,17 @@ def hash_one(task: HashTask, data: bytes | ReadFailure | None = None) -> Item:
         item.sha256 = content_hash(raw)
         # Half-size decoding is plenty for a 32×32 perceptual hash and much faster.
         image = read_image(raw, reduce=2)
-        if min(image.shape[:2]) < NEAR_MIN_SIDE:  # small, or a small JPEG halved
+        if _pixels(image) < NEAR_MIN_PIXELS:  # small, or a small JPEG halved
             image = read_image(raw)
         item.phash = perceptual_hash(image)
-        item.tiny = min(image.shape[:2]) < NEAR_MIN_SIDE
+        item.tiny = _pixels(image) < NEAR_MIN_PIXELS
     except ImageError as exc:
         item.rejected = f"{exc.kind}: {exc.reason}"
     return item
+
+
+def _pixels(image: np.ndarray) -> int:
+    return image.shape[0] * image.shape[1]
 
 
 def _item(file: SourceFile, **details: Any) -> Item:
