@@ -22,10 +22,11 @@ from cvprep.training.compute import (
     training_flops,
 )
 from cvprep.training.data import CachedImages
-from cvprep.training.features import compute_features, split_at_pooling
+from cvprep.training.features import compute_features, cut_backbone, split_at_pooling
 from cvprep.training.models import build_cnn, build_training_model
 from cvprep.training.plan import resolve_plan
 from cvprep.training.run import load_run
+from tests.conftest import SHARED_WEIGHTS
 from tests.test_training import make_stripes
 
 ZEN4 = """processor : 0
@@ -88,16 +89,84 @@ def test_the_head_on_pooled_features_is_the_classifier(stripes, tmp_path):
     )
     cached = CachedImages(images.astype(np.uint8), np.arange(6) % 2, [f"{i}" for i in range(6)])
     features = compute_features(extractor, cached, plan, views=3, seed=1)
-    assert features.vectors.shape == (3, 6, extractor.output.shape[-1])
+    assert features.arrays.shape == (3, 6, extractor.output.shape[-1])
     mirrored = np.asarray(extractor(cached.images[:, :, ::-1].astype(np.float32)))
     plain = np.asarray(extractor(cached.images.astype(np.float32)))
     tolerance = 1e-4 * np.abs(plain).max()  # untrained weights: tiny outputs
-    np.testing.assert_allclose(features.vectors[0], plain, rtol=1e-4, atol=tolerance)
-    np.testing.assert_allclose(features.vectors[1], mirrored, rtol=1e-4, atol=tolerance)
+    np.testing.assert_allclose(features.arrays[0], plain, rtol=1e-4, atol=tolerance)
+    np.testing.assert_allclose(features.arrays[1], mirrored, rtol=1e-4, atol=tolerance)
     assert np.abs(mirrored - plain).max() > 100 * tolerance  # the mirror is another view
     np.testing.assert_array_equal(features.labels[1], cached.labels)
-    change = np.abs(features.vectors[2] - features.vectors[0]).max()
-    assert change > 0.01 * np.abs(features.vectors[0]).max()  # augmented
+    change = np.abs(features.arrays[2] - features.arrays[0]).max()
+    assert change > 0.01 * np.abs(features.arrays[0]).max()  # augmented
+
+
+def _backbone_core(stripes, tmp_path, model, alpha):
+    config = TrainConfig(
+        str(stripes), str(tmp_path), model=model, alpha=alpha, weights="none", img_size=32
+    )
+    return build_training_model(resolve_plan(config))
+
+
+def test_a_backbone_cut_below_its_unfrozen_layers_is_the_classifier(stripes, tmp_path):
+    core, base = _backbone_core(stripes, tmp_path, "mobilenet", 0.25)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(core(images, training=False))
+    cut = cut_backbone(core, base, 25)  # MobileNet's blocks 10-13
+    assert cut is not None and base.layers[-25].name == "conv_dw_10"
+    activations = cut.extractor(images)
+    assert cut.shape == tuple(activations.shape[1:]) == (2, 2, 128)
+    np.testing.assert_allclose(cut.upper(activations), expected, rtol=1e-5, atol=1e-6)
+    _, head = split_at_pooling(core)
+    np.testing.assert_allclose(head(cut.pooled(activations)), expected, rtol=1e-5, atol=1e-6)
+    assert cut_backbone(core, base, 0) is None  # every layer unfrozen: nothing to cache
+    assert cut_backbone(core, base, len(base.layers)) is None
+
+
+def test_a_cut_across_a_skip_connection_is_refused(stripes, tmp_path):
+    core, base = _backbone_core(stripes, tmp_path, "mobilenet_v2", 0.35)
+    names = [layer.name for layer in base.layers]
+
+    def unfreezing_from(name):
+        return len(names) - names.index(name)
+
+    # block_15_add adds block_14_add's output to the block's own: a cut inside block 15
+    # would leave that tensor below it; a cut at the block's input carries it.
+    assert cut_backbone(core, base, unfreezing_from("block_15_project")) is None
+    assert cut_backbone(core, base, unfreezing_from("block_15_expand")) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="../shared/weights is not present")
+def test_fine_tuning_on_activations_trains_only_the_unfrozen_top(stripes, tmp_path):
+    import h5py
+
+    lines = []
+    result = train(
+        stripes,
+        out=tmp_path / "run",
+        model="mobilenet",
+        alpha=0.25,
+        weights=str(SHARED_WEIGHTS),
+        img_size=64,
+        epochs=2,
+        fine_tune_epochs=2,
+        fine_tune_learning_rate=1e-3,
+        unfreeze=25,
+        feature_views=2,
+        batch_size=8,
+        workers=0,
+        log=lines.append,
+    )
+    assert any("activations below the unfrozen layers" in line for line in lines), lines
+    assert not any("pooled backbone features" in line for line in lines)  # derived, not rerun
+    assert len(result.history["val_loss"]) == 4
+    backbone = load_run(tmp_path / "run").model.layers[-1].get_layer("mobilenet_0.25_64")
+    with h5py.File(SHARED_WEIGHTS, "r") as weights:
+        for name, moved in [("conv1", False), ("conv_pw_9", False), ("conv_pw_13", True)]:
+            stored = weights[name][name]["kernel:0"][()]
+            change = np.abs(backbone.get_layer(name).get_weights()[0] - stored).max()
+            assert (change > 0) == moved, name
 
 
 @pytest.mark.slow

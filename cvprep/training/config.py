@@ -87,7 +87,16 @@ RECIPES = {
     "classic": Recipe(30, 1e-3, "medium", 0.0, "constant"),
     "backbone": _BACKBONE,
     # MobileNets are cheap: 288-pixel input measured better than 224 (0.969 vs 0.961).
-    "mobilenet": replace(_BACKBONE, img_size=288),
+    # MobileNet fine-tunes its blocks 10-13 (the top 25 layers) only, on activations cached
+    # below them (features.py): val 0.973 and 0.968 (two seeds) in 20 epochs at 3e-4, as
+    # high as fine-tuning every layer (0.968) in a seventh of the time (README: Training
+    # speed). 15 epochs gave 0.965; 4 cached views instead of 2, 0.962 and 1.4x the time.
+    "mobilenet": replace(
+        _BACKBONE,
+        img_size=288,
+        unfreeze=25,
+        fine_tune_learning_rate=3e-4,
+    ),
     "mobilenet_v2": replace(_BACKBONE, img_size=288),
 }
 # The settings a recipe fills in when they are left out (None).

@@ -36,6 +36,7 @@ from cvprep.training.evaluate import (
     metrics_from_predictions,
 )
 from cvprep.training.explain import report_explainer
+from cvprep.training.features import traced_inference
 from cvprep.training.phases import fit_phases
 from cvprep.training.plan import TrainPlan, resolve_plan
 from cvprep.training.run import (
@@ -249,7 +250,8 @@ def _score(
 
 def _predict_cached(core: Any, cached: CachedImages, plan: TrainPlan) -> np.ndarray:
     dataset = make_dataset(cached, batch_size=64, num_classes=plan.num_classes)
-    outputs = [np.asarray(core(images, training=False)) for images, _ in dataset]
+    forward = traced_inference(core)
+    outputs = [np.asarray(forward(images)) for images, _ in dataset]
     return class_probability(np.concatenate(outputs), plan.num_classes)
 
 

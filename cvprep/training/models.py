@@ -133,13 +133,19 @@ def build_training_model(plan: TrainPlan) -> tuple[Any, Any]:
         return _build_training_model(plan)
 
 
-def in_float32(core: Any, plan: TrainPlan) -> Any:
-    """``core`` rebuilt in float32 with its weights (a bfloat16 run's variables are float32
-    already): the saved model computes and predicts in float32."""
+def for_saving(core: Any, plan: TrainPlan) -> Any:
+    """``core`` as the saved model holds it: float32 (a bfloat16 run is rebuilt; its
+    variables are float32 already), uncompiled, with its weights. Uncompiled: an optimizer's
+    state is of no use to a model that predicts, and when only the models on cached
+    features trained (:mod:`cvprep.training.features`), ``core``'s own optimizer never ran
+    and Keras would warn at every load that its saved state does not match."""
+    import keras
+
     if plan.config.precision == "float32":
-        return core
-    config = replace(plan.config, precision="float32")
-    copy, _ = build_training_model(replace(plan, config=config))
+        copy = keras.models.clone_model(core)
+    else:
+        config = replace(plan.config, precision="float32")
+        copy, _ = build_training_model(replace(plan, config=config))
     copy.set_weights(core.get_weights())
     return copy
 

@@ -18,7 +18,8 @@ from typing import Any
 from cvprep.errors import CvprepError
 from cvprep.io import atomic_write_bytes
 from cvprep.training.data import CachedImages, make_dataset
-from cvprep.training.models import build_training_model, in_float32, unfreeze_top
+from cvprep.training.features import FrozenBackbone, Trainee
+from cvprep.training.models import build_training_model, for_saving, unfreeze_top
 from cvprep.training.plan import TrainPlan
 from cvprep.training.report import read_history
 from cvprep.training.run import BACKUP_FOLDER, CHECKPOINT_FILE, HISTORY_FILE
@@ -59,16 +60,18 @@ def fit_phases(
     with strategy.scope():
         core, base = build_training_model(plan)
         _compile(core, plan, config.learning_rate, config.epochs * inputs.steps)
-    first = _phase_one(
-        core, plan, _phase_one_inputs(core, base, plan, cached, inputs, log), verbose, log
-    )
+    frozen = _frozen_backbone(core, base, plan, cached, log)
+    first = _phase_one(core, plan, _phase_one_trainee(core, frozen, inputs), verbose, log)
     if base is not None and config.fine_tune_epochs > 0:
         with strategy.scope():
             unfreeze_top(base, config.unfreeze)
+            cached_trainee = frozen.fine_tuning_trainee() if frozen else None
+            trainee = cached_trainee or Trainee(core, inputs.train, inputs.val, inputs.steps)
             rate, epochs = config.fine_tune_learning_rate, config.fine_tune_epochs
-            _compile(core, plan, rate, epochs * inputs.steps)
-        _fit(core, plan, inputs, Phase("fine-tuning", "phase2", epochs, rate, first), verbose, log)
-    return in_float32(core, plan), read_history(plan.out / HISTORY_FILE)
+            _compile(trainee.model, plan, rate, epochs * trainee.steps)
+        phase = Phase("fine-tuning", "phase2", epochs, rate, first)
+        _fit(trainee.model, plan, _as_inputs(trainee), phase, verbose, log)
+    return for_saving(core, plan), read_history(plan.out / HISTORY_FILE)
 
 
 def _inputs(plan: TrainPlan, cached: dict[str, CachedImages]) -> Inputs:
@@ -90,29 +93,40 @@ def _inputs(plan: TrainPlan, cached: dict[str, CachedImages]) -> Inputs:
     return Inputs(train, val, count // per_process if several else -(-count // per_process))
 
 
-def _phase_one_inputs(
+def _frozen_backbone(
     core: Any,
     base: Any,
     plan: TrainPlan,
     cached: dict[str, CachedImages],
-    inputs: Inputs,
     log: Callable[[str], None],
+) -> FrozenBackbone | None:
+    """The backbone's frozen part cached once per image and view (``--feature-views``);
+    None: every phase runs on images (no backbone, no views, or several processes)."""
+    if base is None or not plan.config.feature_views or plan.config.num_processes > 1:
+        return None
+    return FrozenBackbone(core, base, plan, cached, log)
+
+
+def _phase_one_trainee(
+    core: Any, frozen: FrozenBackbone | None, inputs: Inputs
 ) -> Callable[[], tuple[Any, Inputs]]:
     """What phase 1 fits, and on what (made only when phase 1 runs): a frozen backbone's
-    head on features computed once (``feature_views``), else the whole network on images."""
-    config = plan.config
-    if base is None or not config.feature_views or config.num_processes > 1:
+    head on cached features, else the whole network on images."""
+    if frozen is None:
         return lambda: (core, inputs)
 
     def on_features() -> tuple[Any, Inputs]:
-        from cvprep.training.features import feature_datasets
-
-        head, train, val, steps = feature_datasets(core, plan, cached, log)
-        with _strategy(config.distribute).scope():
-            _compile(head, plan, config.learning_rate, config.epochs * steps)
-        return head, Inputs(train, val, steps)
+        trainee, plan = frozen.head_trainee(), frozen.plan
+        with _strategy(plan.config.distribute).scope():
+            steps = plan.config.epochs * trainee.steps
+            _compile(trainee.model, plan, plan.config.learning_rate, steps)
+        return trainee.model, _as_inputs(trainee)
 
     return on_features
+
+
+def _as_inputs(trainee: Trainee) -> Inputs:
+    return Inputs(trainee.train, trainee.val, trainee.steps)
 
 
 def _phase_one(
