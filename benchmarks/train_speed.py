@@ -16,9 +16,12 @@ into cvprep's cache, as ``cvprep train`` does):
 - achieved GFLOP/s and the fraction of the CPU's FP32 peak (cores from the affinity mask,
   clock from ``/proc/cpuinfo``, FLOP/cycle from its flags; ``--peak-gflops`` overrides).
 
-Models: ``cnn`` (150×150, phase 1 of ``--model cnn``), ``mobilenet`` (α 0.25, 288×288,
-fine-tuning: every layer trainable, ``--model mobilenet``'s phase 2) and ``mobilenet-frozen``
-(its phase 1: the head on the frozen backbone).
+Models: ``cnn`` (150×150, phase 1 of ``--model cnn``), ``mobilenet-frozen`` (α 0.25,
+288×288, phase 1 on images: the head on the frozen backbone, what ``--feature-views 0``
+runs), ``mobilenet`` (fine-tuning every layer on images: ``--unfreeze 0
+--feature-views 0``) and ``mobilenet-top`` (the default fine-tuning: the top
+``--unfreeze`` layers and the head on activations cached below them; "real input" reads
+the cached activations of two views, as ``cvprep train`` does).
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ import tensorflow as tf
 from cvprep.training import TrainConfig
 from cvprep.training.compute import cpu_peak, forward_flops, training_flops
 from cvprep.training.data import CachedImages, Split, discover, load_split, make_dataset
+from cvprep.training.features import (
+    ACTIVATION_DTYPE,
+    compute_features,
+    cut_backbone,
+    train_data,
+)
 from cvprep.training.models import build_training_model, unfreeze_top
 from cvprep.training.phases import _compile
 from cvprep.training.plan import resolve_plan
@@ -65,10 +74,30 @@ def build(name: str, weights: Path, precision: str, scratch: Path) -> tuple[obje
     plan = resolve_plan(TrainConfig(str(DEV), str(scratch / name), model=model, **options))
     core, base = build_training_model(plan)
     if name == "mobilenet":
+        unfreeze_top(base, 0)
+    elif name == "mobilenet-top":
         unfreeze_top(base, plan.config.unfreeze)
-    rate = plan.config.learning_rate if base is None or name != "mobilenet" else 1e-4
+    tuning = name in ("mobilenet", "mobilenet-top")
+    rate = plan.config.fine_tune_learning_rate if tuning else plan.config.learning_rate
     _compile(core, plan, rate, 1000)
-    return core, plan
+    return core, base, plan
+
+
+def on_activations(
+    core: object, base: object, plan: object, cached: CachedImages
+) -> tuple[object, tf.data.Dataset, tuple[tf.Tensor, tf.Tensor]]:
+    """The default fine-tuning as ``cvprep train`` runs it: the model above the cut, its
+    cached activations of two views, and one batch of them."""
+    cut = cut_backbone(core, base, plan.config.unfreeze)
+    activations = compute_features(
+        cut.extractor, cached, plan, views=2, seed=0, dtype=ACTIVATION_DTYPE
+    )
+    _compile(cut.upper, plan, plan.config.fine_tune_learning_rate, 1000)
+    batch = (
+        tf.constant(activations.arrays[0][:BATCH], tf.float32),
+        tf.constant(activations.labels[0][:BATCH], tf.float32),
+    )
+    return cut.upper, train_data(activations, plan, BATCH), batch
 
 
 def timed_fit(model: object, data: tf.data.Dataset, warmup: int, steps: int) -> float:
@@ -81,7 +110,7 @@ def timed_fit(model: object, data: tf.data.Dataset, warmup: int, steps: int) -> 
 
 
 def measure(name: str, args: argparse.Namespace, precision: str, scratch: Path) -> None:
-    model, plan = build(name, args.weights, precision, scratch)
+    model, base, plan = build(name, args.weights, precision, scratch)
     _, splits = discover(DEV)
     cached: CachedImages = load_split(
         subset(splits["train"], args.images),
@@ -98,6 +127,8 @@ def measure(name: str, args: argparse.Namespace, precision: str, scratch: Path) 
         tf.constant(cached.images[:BATCH], tf.float32),
         tf.constant(cached.labels[:BATCH], tf.float32),
     )
+    if name == "mobilenet-top":
+        model, real, batch = on_activations(model, base, plan, cached)
     tensors = tf.data.Dataset.from_tensors(batch)
     flops = training_flops(model)
     forward = sum(forward_flops(model).values())
@@ -117,7 +148,7 @@ def measure(name: str, args: argparse.Namespace, precision: str, scratch: Path) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="cnn,mobilenet-frozen,mobilenet")
+    parser.add_argument("--models", default="cnn,mobilenet-frozen,mobilenet,mobilenet-top")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--images", type=int, default=384)

@@ -191,9 +191,10 @@ def recipe_default(name: str, what: str = "", models: Sequence[str] = MODELS) ->
     type=setting_type("feature_views", click.INT),
     default=DEFAULT_FEATURE_VIEWS,
     show_default=True,
-    help="Backbones: the frozen phase trains the head on backbone features computed once "
-    "for this many views of each image (itself, its mirror, then augmented copies); 0 runs "
-    "the backbone on augmented images every epoch.",
+    help="Backbones: the frozen layers run once for this many views of each image (itself, "
+    "its mirror, then augmented copies), and the head (and, with --unfreeze N, the top N "
+    "layers when fine-tuning) trains on their cached outputs; 0 runs the backbone on "
+    "augmented images every epoch.",
 )
 @click.option(
     "--precision",

@@ -22,7 +22,12 @@ from cvprep.training.compute import (
     training_flops,
 )
 from cvprep.training.data import CachedImages
-from cvprep.training.features import compute_features, cut_backbone, split_at_pooling
+from cvprep.training.features import (
+    FrozenBackbone,
+    compute_features,
+    cut_backbone,
+    split_at_pooling,
+)
 from cvprep.training.models import build_cnn, build_training_model
 from cvprep.training.plan import resolve_plan
 from cvprep.training.run import load_run
@@ -101,15 +106,22 @@ def test_the_head_on_pooled_features_is_the_classifier(stripes, tmp_path):
     assert change > 0.01 * np.abs(features.arrays[0]).max()  # augmented
 
 
-def _backbone_core(stripes, tmp_path, model, alpha):
+def _backbone_core(stripes, tmp_path, model, alpha, **options):
     config = TrainConfig(
-        str(stripes), str(tmp_path), model=model, alpha=alpha, weights="none", img_size=32
+        str(stripes),
+        str(tmp_path),
+        model=model,
+        alpha=alpha,
+        weights="none",
+        img_size=32,
+        **options,
     )
-    return build_training_model(resolve_plan(config))
+    plan = resolve_plan(config)
+    return (*build_training_model(plan), plan)
 
 
 def test_a_backbone_cut_below_its_unfrozen_layers_is_the_classifier(stripes, tmp_path):
-    core, base = _backbone_core(stripes, tmp_path, "mobilenet", 0.25)
+    core, base, _ = _backbone_core(stripes, tmp_path, "mobilenet", 0.25)
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     expected = np.asarray(core(images, training=False))
     cut = cut_backbone(core, base, 25)  # MobileNet's blocks 10-13
@@ -124,7 +136,7 @@ def test_a_backbone_cut_below_its_unfrozen_layers_is_the_classifier(stripes, tmp
 
 
 def test_a_cut_across_a_skip_connection_is_refused(stripes, tmp_path):
-    core, base = _backbone_core(stripes, tmp_path, "mobilenet_v2", 0.35)
+    core, base, _ = _backbone_core(stripes, tmp_path, "mobilenet_v2", 0.35)
     names = [layer.name for layer in base.layers]
 
     def unfreezing_from(name):
@@ -134,6 +146,34 @@ def test_a_cut_across_a_skip_connection_is_refused(stripes, tmp_path):
     # would leave that tensor below it; a cut at the block's input carries it.
     assert cut_backbone(core, base, unfreezing_from("block_15_project")) is None
     assert cut_backbone(core, base, unfreezing_from("block_15_expand")) is not None
+    lines = []
+    unfreeze = unfreezing_from("block_15_project")
+    core, base, plan = _backbone_core(stripes, tmp_path, "mobilenet_v2", 0.35, unfreeze=unfreeze)
+    assert FrozenBackbone(core, base, plan, {}, lines.append).fine_tuning_trainee() is None
+    assert lines == [
+        f"fine-tuning runs on images: a skip connection crosses the cut below the top "
+        f"{unfreeze} layers of {base.name} (another --unfreeze can avoid it)"
+    ]
+
+
+def test_activations_too_large_for_memory_leave_fine_tuning_on_images(
+    stripes, tmp_path, monkeypatch
+):
+    from cvprep.training import features
+
+    core, base, plan = _backbone_core(stripes, tmp_path, "mobilenet", 0.25, unfreeze=25)
+    images = np.zeros((10, 32, 32, 3), np.uint8)
+    cached = {
+        name: CachedImages(images, np.arange(10) % 2, [f"{i}" for i in range(10)])
+        for name in ("train", "val")
+    }
+    # (2 views × 10 + 10) images × 2×2×128 activations × 2 bytes = 30,720 bytes
+    monkeypatch.setattr(features, "memory_bytes", lambda: 4 * 30_720)
+    assert FrozenBackbone(core, base, plan, cached, lambda _: None).fine_tuning_trainee() is not None
+    monkeypatch.setattr(features, "memory_bytes", lambda: 4 * 30_719)
+    lines = []
+    assert FrozenBackbone(core, base, plan, cached, lines.append).fine_tuning_trainee() is None
+    assert len(lines) == 1 and "would take 0.0 GiB" in lines[0]
 
 
 @pytest.mark.slow

@@ -198,7 +198,13 @@ class FrozenBackbone:
     ) -> None:
         self.plan, self.cached, self.log = plan, cached, log
         self.extractor, self.head = split_at_pooling(core)
-        self.cut = cut_backbone(core, base, plan.config.unfreeze)
+        unfreeze = plan.config.unfreeze
+        self.cut = cut_backbone(core, base, unfreeze)
+        if self.cut is None and 0 < unfreeze < len(base.layers):
+            log(
+                f"fine-tuning runs on images: a skip connection crosses the cut below the top "
+                f"{unfreeze} layers of {base.name} (another --unfreeze can avoid it)"
+            )
         if self.cut is not None and not self._activations_fit(self.cut):
             self.cut = None
 
@@ -253,10 +259,10 @@ class FrozenBackbone:
     def _trainee(self, model: Any, train: Features, val: Features) -> Trainee:
         batch = self.plan.batch_per_process
         steps = -(-train.labels.shape[1] // batch)
-        return Trainee(model, _train_data(train, self.plan, batch), _val_data(val, batch), steps)
+        return Trainee(model, train_data(train, self.plan, batch), _val_data(val, batch), steps)
 
 
-def _train_data(features: Features, plan: TrainPlan, batch: int) -> Any:
+def train_data(features: Features, plan: TrainPlan, batch: int) -> Any:
     """Every image once an epoch, reshuffled, each in one of its views drawn at random."""
     import tensorflow as tf
 
