@@ -84,10 +84,23 @@ def make_engine(
 
 
 # --------------------------------------------------------------------------- local pool
-def init_worker() -> None:
+STOP_GRACE_SECONDS = 10  # how long an abandoned job waits for its workers' current files
+_stop: Any = None  # in a pool worker: set when the parent abandons the job
+
+
+def init_worker(stop: Any = None) -> None:
+    global _stop
+    _stop = stop
     # One OpenCV thread per process: the pool already uses every core.
     cv2.setNumThreads(1)
     _tune_malloc()
+
+
+def _unless_stopped(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, or nothing once the parent has abandoned the job."""
+    if _stop is not None and _stop.is_set():
+        return None
+    return function(*args)
 
 
 def _tune_malloc() -> None:
@@ -128,12 +141,33 @@ class LocalEngine:
         workers = min(self.workers, len(tasks))
         # Small chunks when there are few tasks, so that every worker gets some.
         chunk = max(1, min(CHUNK_SIZE, len(tasks) // (4 * workers)))
-        with context.Pool(workers, initializer=init_worker) as pool:
+        stop = context.Event()
+        guarded = functools.partial(_unless_stopped, function)
+        pool = context.Pool(workers, initializer=init_worker, initargs=(stop,))
+        try:
             if data is None:
-                yield from pool.imap_unordered(function, tasks, chunksize=chunk)
+                yield from pool.imap_unordered(guarded, tasks, chunksize=chunk)
             else:
                 limit = IN_FLIGHT_CHUNKS * chunk * workers
-                yield from _bounded(pool, function, zip(tasks, data, strict=True), chunk, limit)
+                yield from _bounded(pool, guarded, zip(tasks, data, strict=True), chunk, limit)
+        except (Exception, GeneratorExit):
+            _wind_down(pool, stop)
+            raise
+        finally:
+            pool.terminate()
+
+
+def _wind_down(pool: Any, stop: Any) -> None:
+    """Stop an abandoned job (an error, a full disk, a caller that stopped reading) without
+    killing a worker in the middle of a file: queued tasks are skipped, the files being
+    written are finished or removed by their own writer, for at most
+    :data:`STOP_GRACE_SECONDS`. (Ctrl-C reaches the workers too: each removes its own
+    temporary file, and the pool is terminated at once.)"""
+    stop.set()
+    pool.close()
+    joiner = threading.Thread(target=pool.join, daemon=True)
+    joiner.start()
+    joiner.join(STOP_GRACE_SECONDS)
 
 
 def _apply(function: Callable[..., Any], pair: tuple[Any, Any]) -> Any:
