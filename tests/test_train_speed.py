@@ -169,7 +169,9 @@ def test_activations_too_large_for_memory_leave_fine_tuning_on_images(
     }
     # (2 views × 10 + 10) images × 2×2×128 activations × 2 bytes = 30,720 bytes
     monkeypatch.setattr(features, "memory_bytes", lambda: 4 * 30_720)
-    assert FrozenBackbone(core, base, plan, cached, lambda _: None).fine_tuning_trainee() is not None
+    assert (
+        FrozenBackbone(core, base, plan, cached, lambda _: None).fine_tuning_trainee() is not None
+    )
     monkeypatch.setattr(features, "memory_bytes", lambda: 4 * 30_719)
     lines = []
     assert FrozenBackbone(core, base, plan, cached, lines.append).fine_tuning_trainee() is None
