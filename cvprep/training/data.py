@@ -216,6 +216,16 @@ def load_split(
 
 
 # --------------------------------------------------------------------------- tf.data
+@dataclass(frozen=True)
+class Inputs:
+    """What one phase fits on: tf.data training batches (reshuffled each epoch) and
+    validation batches, ``steps`` training batches an epoch."""
+
+    train: Any
+    val: Any
+    steps: int
+
+
 def encode_labels(labels: Any, num_classes: int) -> Any:
     import tensorflow as tf
 

@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from cvprep.training.data import MEMORY_SHARE, CachedImages, make_dataset, memory_bytes
+from cvprep.training.data import (
+    MEMORY_SHARE,
+    CachedImages,
+    Inputs,
+    make_dataset,
+    memory_bytes,
+)
 from cvprep.training.plan import TrainPlan
 
 BATCH = 64  # inference only: larger batches than training's fill the cores better
@@ -46,12 +52,10 @@ class Features:
 
 @dataclass(frozen=True)
 class Trainee:
-    """A model trained on cached arrays, with its data: ``steps`` batches an epoch."""
+    """A model and what it fits on."""
 
     model: Any
-    train: Any
-    val: Any
-    steps: int
+    inputs: Inputs
 
 
 def split_at_pooling(core: Any) -> tuple[Any, Any]:
@@ -263,7 +267,8 @@ class FrozenBackbone:
     def _trainee(self, model: Any, train: Features, val: Features) -> Trainee:
         batch = self.plan.batch_per_process
         steps = -(-train.labels.shape[1] // batch)
-        return Trainee(model, train_data(train, self.plan, batch), _val_data(val, batch), steps)
+        inputs = Inputs(train_data(train, self.plan, batch), _val_data(val, batch), steps)
+        return Trainee(model, inputs)
 
 
 def train_data(features: Features, plan: TrainPlan, batch: int) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 from cvprep.errors import CvprepError
 from cvprep.io import atomic_write_bytes
-from cvprep.training.data import CachedImages, make_dataset
+from cvprep.training.data import CachedImages, Inputs, make_dataset
 from cvprep.training.features import FrozenBackbone, Trainee
 from cvprep.training.models import build_training_model, for_saving, unfreeze_top
 from cvprep.training.plan import TrainPlan
@@ -41,13 +41,6 @@ class Phase:
     first_epoch: int  # epochs run before this phase
 
 
-@dataclass(frozen=True)
-class Inputs:
-    train: Any  # tf.data, augmented and reshuffled each epoch
-    val: Any
-    steps: int  # training steps per epoch
-
-
 def fit_phases(
     plan: TrainPlan, cached: dict[str, CachedImages], verbose: int, log: Callable[[str], None]
 ) -> tuple[Any, dict[str, list[float]]]:
@@ -66,11 +59,11 @@ def fit_phases(
         with strategy.scope():
             unfreeze_top(base, config.unfreeze)
             cached_trainee = frozen.fine_tuning_trainee() if frozen else None
-            trainee = cached_trainee or Trainee(core, inputs.train, inputs.val, inputs.steps)
+            trainee = cached_trainee or Trainee(core, inputs)
             rate, epochs = config.fine_tune_learning_rate, config.fine_tune_epochs
-            _compile(trainee.model, plan, rate, epochs * trainee.steps)
+            _compile(trainee.model, plan, rate, epochs * trainee.inputs.steps)
         phase = Phase("fine-tuning", "phase2", epochs, rate, first)
-        _fit(trainee.model, plan, _as_inputs(trainee), phase, verbose, log)
+        _fit(trainee.model, plan, trainee.inputs, phase, verbose, log)
     return for_saving(core, plan), read_history(plan.out / HISTORY_FILE)
 
 
@@ -109,30 +102,26 @@ def _frozen_backbone(
 
 def _phase_one_trainee(
     core: Any, frozen: FrozenBackbone | None, inputs: Inputs
-) -> Callable[[], tuple[Any, Inputs]]:
+) -> Callable[[], Trainee]:
     """What phase 1 fits, and on what (made only when phase 1 runs): a frozen backbone's
     head on cached features, else the whole network on images."""
     if frozen is None:
-        return lambda: (core, inputs)
+        return lambda: Trainee(core, inputs)
 
-    def on_features() -> tuple[Any, Inputs]:
+    def on_features() -> Trainee:
         trainee, plan = frozen.head_trainee(), frozen.plan
         with _strategy(plan.config.distribute).scope():
-            steps = plan.config.epochs * trainee.steps
+            steps = plan.config.epochs * trainee.inputs.steps
             _compile(trainee.model, plan, plan.config.learning_rate, steps)
-        return trainee.model, _as_inputs(trainee)
+        return trainee
 
     return on_features
-
-
-def _as_inputs(trainee: Trainee) -> Inputs:
-    return Inputs(trainee.train, trainee.val, trainee.steps)
 
 
 def _phase_one(
     core: Any,
     plan: TrainPlan,
-    trainee: Callable[[], tuple[Any, Inputs]],
+    trainee: Callable[[], Trainee],
     verbose: int,
     log: Callable[[str], None],
 ) -> int:
@@ -149,11 +138,11 @@ def _phase_one(
         done.unlink()
         record.unlink(missing_ok=True)
     config = plan.config
-    model, inputs = trainee()
+    fitted = trainee()
     _fit(
-        model,
+        fitted.model,
         plan,
-        inputs,
+        fitted.inputs,
         Phase("phase 1", "phase1", config.epochs, config.learning_rate, 0),
         verbose,
         log,
