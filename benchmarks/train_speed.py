@@ -72,7 +72,7 @@ def build(name: str, weights: Path, precision: str, scratch: Path) -> tuple[obje
     if precision != "float32":
         options["precision"] = precision
     plan = resolve_plan(TrainConfig(str(DEV), str(scratch / name), model=model, **options))
-    core, base = build_training_model(plan)
+    core, base = build_training_model(plan, fixed=True)
     if name == "mobilenet":
         unfreeze_top(base, 0)
     elif name == "mobilenet-top":

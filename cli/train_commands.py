@@ -35,9 +35,11 @@ from cvprep.training.config import (
     DEFAULT_FEATURE_VIEWS,
     IMBALANCE_RATIO,
     MODELS,
+    PROGRESSIVE_MIN_SIZE,
     RESIZE_MODES,
     check_setting,
     describe_default,
+    describe_stages,
 )
 
 
@@ -160,6 +162,16 @@ def recipe_default(name: str, what: str = "", models: Sequence[str] = MODELS) ->
     type=click.Choice(PRESET_NAMES),
     help=recipe_default(
         "augment", "Random transforms while training, the presets of `cvprep augment`."
+    ),
+)
+@click.option(
+    "--progressive/--no-progressive",
+    default=None,
+    help=recipe_default(
+        "progressive",
+        f"cnn: progressive resizing, cheaper epochs first: {describe_stages()} (smaller "
+        f"copies only when at least {PROGRESSIVE_MIN_SIZE} pixels).",
+        ("cnn",),
     ),
 )
 @click.option(

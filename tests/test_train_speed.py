@@ -271,3 +271,42 @@ def test_a_bfloat16_run_saves_a_float32_model(stripes, tmp_path):
         assert sum(prediction.probabilities.values()) == pytest.approx(1, abs=1e-6)
     exported = export(out, "savedmodel")
     assert exported.max_difference < 1e-4
+
+
+def test_fused_batch_normalization_trains_and_infers_as_keras_does(tmp_path):
+    from cvprep.keras_layers.normalize import FusedBatchNormalization
+
+    images = np.random.default_rng(0).normal(2, 3, (8, 10, 10, 5)).astype(np.float32)
+    plain = keras.layers.BatchNormalization(momentum=0.9)
+    fused = FusedBatchNormalization(momentum=0.9)
+    for layer in (plain, fused):
+        layer.build(images.shape)
+    fused.set_weights(plain.get_weights())
+    # Random weights per element: a loss that batch normalisation does not make constant.
+    weights = np.random.default_rng(1).normal(size=images.shape).astype(np.float32)
+
+    def step(layer):
+        import tensorflow as tf
+
+        x = tf.constant(images)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) * weights)
+        return [np.asarray(g) for g in tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    for expected, got in zip(step(plain), step(fused), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, rtol=1e-5, atol=1e-6)
+    # The moving variance takes the unbiased batch variance: n / (n - 1) with n = 800 pixels.
+    np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=2e-3)
+    assert not np.allclose(fused.moving_variance, 1.0)  # it was updated
+    np.testing.assert_allclose(fused(images), plain(images), rtol=1e-2, atol=1e-2)
+    fused.trainable = False  # frozen: inference statistics, Keras' own path
+    np.testing.assert_allclose(fused(images, training=True), fused(images), atol=1e-6)
+    # Saved and loaded inside a model.
+    inputs = keras.Input((10, 10, 5))
+    model = keras.Model(inputs, FusedBatchNormalization(momentum=0.9)(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded.layers[-1]).__name__ == "FusedBatchNormalization"
+    np.testing.assert_allclose(loaded(images), model(images), atol=1e-6)

@@ -645,7 +645,7 @@ def interrupted_train(monkeypatch, data, out, *, epoch=None, after_fit=False, **
                     if index == epoch:
                         raise Killed
 
-            patch.setattr(phases, "_callbacks", lambda *a: [*callbacks(*a), Stop()])
+            patch.setattr(phases, "_callbacks", lambda *a, **k: [*callbacks(*a, **k), Stop()])
         if after_fit:
 
             def kill(*args):
@@ -669,7 +669,7 @@ def test_damaged_backups_resume_from_the_last_whole_state_or_start_again(
     # Killed as epoch 4 begins; the newest state is then cut short: the rerun resumes from
     # the one before (and is killed once phase 1 is done).
     interrupted_train(monkeypatch, dataset, out, epoch=3, **options)
-    states = sorted(p.name for p in folder.iterdir())
+    states = sorted(p.name for p in folder.glob("epoch-*"))
     assert states == ["epoch-0002.weights.h5", "epoch-0003.weights.h5"]
     newest = folder / states[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
@@ -694,6 +694,28 @@ def test_damaged_backups_resume_from_the_last_whole_state_or_start_again(
     train(dataset, out=out, log=log.append, **options)
     assert any("no whole backup left, phase 1 starts again" in m for m in log), log
     assert history_epochs(out) == [0, 1, 2, 3] and (out / "model.keras").is_file()
+
+
+def test_backups_made_with_other_settings_are_not_resumed(dataset, tmp_path, monkeypatch):
+    options = {"model": "mobilenet", "alpha": 0.25, "weights": "none", "img_size": 32,
+               "epochs": 2, "fine_tune_epochs": 3, "batch_size": 8, "workers": 0}  # fmt: skip
+    out, log = tmp_path / "run", []
+    # Killed as fine-tuning's second epoch begins: phase 1 is done, fine-tuning has a state.
+    interrupted_train(monkeypatch, dataset, out, epoch=3, unfreeze=10, **options)
+    assert (out / "backup" / "phase2" / "epoch-0003.weights.h5").is_file()
+    train(dataset, out=out, unfreeze=20, log=log.append, **options)
+    changed = [m for m in log if "made with other settings (unfreeze 10, now 20)" in m]
+    assert len(changed) == 1 and "fine-tuning starts again" in changed[0], log
+    assert not any("damaged" in m for m in log), log
+    assert history_epochs(out) == [0, 1, 2, 3, 4]  # phase 1 kept, fine-tuning run again
+    # Other --ops: phase 1's saved end does not fit the new input either.
+    log.clear()
+    other = tmp_path / "other"
+    interrupted_train(monkeypatch, dataset, other, epoch=3, **options)
+    interrupted_train(monkeypatch, dataset, other, epoch=1, ops="grayscale",
+                      log=log.append, **options)  # fmt: skip
+    assert any("phase1-done.weights.h5 was made with other settings (ops none, now grayscale)"
+               in m and "phase 1 runs again" in m for m in log), log  # fmt: skip
 
 
 def test_the_demo_predicts_on_classes_of_any_format(tmp_path):

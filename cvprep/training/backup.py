@@ -7,6 +7,10 @@ header version number") until the user deletes ``backup/``. Here each epoch's st
 and optimizer variables) goes to a temporary file renamed into place, the two newest states
 are kept, and a rerun loads the newest one that loads; a damaged file is reported and
 removed, and without any whole state the phase starts again. The log says which happened.
+
+Each phase's folder also records the settings its states were made with (``settings.json``):
+a rerun with other settings (another ``--unfreeze``, ``--ops``, DATA, …) cannot continue
+those states, so it says which settings changed, removes them, and starts the phase again.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ import keras
 
 STATE = "epoch-{:04d}.weights.h5"  # the state after that many epochs (absolute count)
 KEEP = 2  # the newest state and the one before: a damaged newest file leaves a good one
+SETTINGS = "settings.json"  # the settings the states of a folder were made with
 # What Keras' BackupAndRestore wrote (cvprep 0.2 runs): read once, never written.
 LEGACY_WEIGHTS, LEGACY_METADATA = "latest.weights.h5", "training_metadata.json"
 
@@ -94,6 +100,57 @@ def restore(model: Any, folder: Path, what: str, log: Callable[[str], None]) -> 
         log(f"warning: {'; '.join(damaged)}: no whole backup left, {what} starts again")
     (folder / LEGACY_METADATA).unlink(missing_ok=True)
     return 0
+
+
+def changed_settings(recorded: object, settings: dict[str, Any]) -> str | None:
+    """What differs between the ``recorded`` settings of saved states and this run's (None:
+    nothing, or nothing was recorded: states saved before cvprep recorded settings are tried
+    as they are).
+
+    >>> changed_settings({"unfreeze": 37, "alpha": 0.25}, {"unfreeze": 25, "alpha": 0.25})
+    'unfreeze 37, now 25'
+    """
+    if not isinstance(recorded, dict) or recorded == settings:
+        return None
+    return (
+        ", ".join(
+            f"{key} {recorded.get(key)}, now {value}"
+            for key, value in settings.items()
+            if recorded.get(key) != value
+        )
+        or "their record differs"
+    )
+
+
+def _shown(value: object) -> str:
+    return "none" if value in ("", None) else str(value)
+
+
+def read_settings(folder: Path) -> object:
+    """The settings recorded in ``folder``; None when none are, or they cannot be read (the
+    states are then tried as they are: a state that does not fit fails to load)."""
+    try:
+        return json.loads((folder / SETTINGS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def discard_other_settings(
+    folder: Path, settings: dict[str, Any], what: str, log: Callable[[str], None]
+) -> None:
+    """Remove ``folder``'s states when they were made with other settings, saying which; then
+    record ``settings`` there for the states this run saves."""
+    from cvprep.io import atomic_write_bytes
+
+    changed = changed_settings(read_settings(folder), settings)
+    if changed is not None:
+        log(
+            f"warning: the backups in {folder} were made with other settings ({changed}) and "
+            f"were removed: {what} starts again"
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / SETTINGS, json.dumps(settings, sort_keys=True).encode())
 
 
 class EpochBackup(keras.callbacks.Callback):

@@ -215,6 +215,24 @@ def load_split(
     return CachedImages(images[: len(kept)], labels, [split.files[i] for i in kept], skipped)
 
 
+def resized(cached: CachedImages, size: int, cache_file: Path | None = None) -> CachedImages:
+    """``cached`` at ``size`` × ``size`` (area interpolation, as the saved model resizes), for
+    the smaller stages of progressive resizing; in memory, or in ``cache_file`` when
+    ``cached`` is on disk."""
+    import cv2
+
+    shape = (len(cached), size, size, cached.images.shape[-1])
+    if isinstance(cached.images, np.memmap) and cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        images = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        images = np.empty(shape, np.uint8)
+    for index, image in enumerate(cached.images):
+        small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        images[index] = small.reshape(shape[1:])  # cv2 drops a single channel's axis
+    return replace(cached, images=images)
+
+
 # --------------------------------------------------------------------------- tf.data
 @dataclass(frozen=True)
 class Inputs:

@@ -50,10 +50,13 @@ def build_classic(size: int, channels: int, num_classes: int) -> Any:
 def _conv_bn(x: Any, filters: int, strides: int = 1) -> Any:
     import keras
 
+    from cvprep.keras_layers.normalize import FusedBatchNormalization
+
     x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
     # Momentum 0.9, not Keras' 0.99: small datasets give few steps per epoch, and slow moving
-    # statistics leave validation at chance for many epochs.
-    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    # statistics leave validation at chance for many epochs. Fused: a third of a training
+    # step went to Keras' unfused batch normalisation (benchmarks/cnn_layers.py).
+    x = FusedBatchNormalization(momentum=0.9)(x)
     return keras.layers.ReLU()(x)
 
 
@@ -82,7 +85,7 @@ def cnn_downsampling(size: int) -> tuple[int, int]:
     return stride, pools
 
 
-def build_cnn(size: int, channels: int, num_classes: int) -> Any:
+def build_cnn(size: int, channels: int, num_classes: int, *, any_size: bool = False) -> Any:
     """cvprep's CNN for training from scratch: a 3×3 stem, three stages of a 3×3
     convolution with batch normalisation and 2×2 max-pooling (64, 128, 256 filters), a last
     256-filter convolution, global average pooling, dropout 0.3. The stem is strided and
@@ -90,14 +93,18 @@ def build_cnn(size: int, channels: int, num_classes: int) -> Any:
 
     For photos about 1.5× the classic CNN's compute with a sixth of its weights (no 6272×512
     dense layer); measured on the dev photos it reaches 0.90 validation accuracy in 60 epochs
-    where the classic one stops below 0.80 (README).
+    where the classic one stops below 0.80, and 0.88 in 40 epochs of progressive resizing
+    (README). It ends in global pooling, so the same weights run at any input size.
+
+    ``any_size``: the input takes any height and width (progressive resizing trains on
+    smaller copies first); ``size`` still decides the downsampling.
     """
     import keras
 
     from cvprep.keras_layers import InputScaling
 
     stride, pools = cnn_downsampling(size)
-    inputs = keras.Input((size, size, channels))
+    inputs = keras.Input((None, None, channels) if any_size else (size, size, channels))
     x = InputScaling("unit")(inputs)
     x = _conv_bn(x, 32, strides=stride)
     for stage, filters in enumerate((64, 128, 256)):
@@ -126,31 +133,32 @@ def build_backbone(plan: TrainPlan) -> Any:
     return constructor(**kwargs)
 
 
-def build_training_model(plan: TrainPlan) -> tuple[Any, Any]:
-    """The model ``fit`` trains (fixed-size input, the plan's channels), in the plan's
-    precision; returns (model, backbone or None)."""
+def build_training_model(plan: TrainPlan, *, fixed: bool = False) -> tuple[Any, Any]:
+    """The model ``fit`` trains (the plan's channels; a fixed input size unless phase 1 has
+    several, or ``fixed``), in the plan's precision; returns (model, backbone or None)."""
     with dtype_policy(plan.config.precision):
-        return _build_training_model(plan)
+        return _build_training_model(plan, any_size=len(plan.stages) > 1 and not fixed)
 
 
 def for_saving(core: Any, plan: TrainPlan) -> Any:
     """``core`` as the saved model holds it: float32 (a bfloat16 run is rebuilt; its
-    variables are float32 already), uncompiled, with its weights. Uncompiled: an optimizer's
+    variables are float32 already), for the plan's input size (a progressive run trained a
+    network that takes any size), uncompiled, with its weights. Uncompiled: an optimizer's
     state is of no use to a model that predicts, and when only the models on cached
     features trained (:mod:`cvprep.training.features`), ``core``'s own optimizer never ran
     and Keras would warn at every load that its saved state does not match."""
     import keras
 
-    if plan.config.precision == "float32":
+    if plan.config.precision == "float32" and len(plan.stages) == 1:
         copy = keras.models.clone_model(core)
-    else:
+    else:  # rebuilt: in float32, and for the input size it ended on
         config = replace(plan.config, precision="float32")
-        copy, _ = build_training_model(replace(plan, config=config))
+        copy, _ = build_training_model(replace(plan, config=config), fixed=True)
     copy.set_weights(core.get_weights())
     return copy
 
 
-def _build_training_model(plan: TrainPlan) -> tuple[Any, Any]:
+def _build_training_model(plan: TrainPlan, any_size: bool) -> tuple[Any, Any]:
     import keras
 
     from cvprep.keras_layers import InputScaling
@@ -159,7 +167,7 @@ def _build_training_model(plan: TrainPlan) -> tuple[Any, Any]:
     if model == "classic":
         return build_classic(size, channels, plan.num_classes), None
     if model == "cnn":
-        return build_cnn(size, channels, plan.num_classes), None
+        return build_cnn(size, channels, plan.num_classes, any_size=any_size), None
     inputs = keras.Input((size, size, channels), name="image")
     x = inputs
     if channels == 1:  # backbones take RGB: repeat a grayscale channel

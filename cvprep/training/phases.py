@@ -17,12 +17,12 @@ from typing import Any
 
 from cvprep.errors import CvprepError
 from cvprep.io import atomic_write_bytes
-from cvprep.training.data import CachedImages, Inputs, make_dataset
+from cvprep.training.data import CachedImages, Inputs, make_dataset, resized
 from cvprep.training.features import FrozenBackbone, Trainee
 from cvprep.training.models import build_training_model, for_saving, unfreeze_top
 from cvprep.training.plan import TrainPlan
 from cvprep.training.report import read_history
-from cvprep.training.run import BACKUP_FOLDER, CHECKPOINT_FILE, HISTORY_FILE
+from cvprep.training.run import BACKUP_FOLDER, CACHE_FOLDER, CHECKPOINT_FILE, HISTORY_FILE
 
 PHASE1_WEIGHTS = "phase1-done.weights.h5"
 PHASE1_RECORD = "phase1-done.json"  # how many epochs phase 1 ran (early stopping may end it)
@@ -33,12 +33,26 @@ class TrainingDivergedError(CvprepError):
 
 
 @dataclass(frozen=True)
+class Leg:
+    """Epochs of a phase on one input size (progressive resizing: smaller sizes first)."""
+
+    epochs: int
+    size: int
+    inputs: Inputs
+
+
+@dataclass(frozen=True)
 class Phase:
     name: str  # as the log lines call it
     folder: str  # of its backup, under backup/
-    epochs: int
+    legs: tuple[Leg, ...]  # in order; the last at the plan's input size
     learning_rate: float
     first_epoch: int  # epochs run before this phase
+    settings: dict[str, Any]  # what its saved states depend on (state_settings)
+
+    @property
+    def epochs(self) -> int:
+        return sum(leg.epochs for leg in self.legs)
 
 
 def fit_phases(
@@ -54,7 +68,8 @@ def fit_phases(
         core, base = build_training_model(plan)
         _compile(core, plan, config.learning_rate, config.epochs * inputs.steps)
     frozen = _frozen_backbone(core, base, plan, cached, log)
-    first = _phase_one(core, plan, _phase_one_trainee(core, frozen, inputs), verbose, log)
+    trainee = _phase_one_trainee(core, frozen, plan, cached, inputs)
+    first = _phase_one(core, plan, trainee, verbose, log)
     if base is not None and config.fine_tune_epochs > 0:
         with strategy.scope():
             unfreeze_top(base, config.unfreeze)
@@ -62,8 +77,9 @@ def fit_phases(
             trainee = cached_trainee or Trainee(core, inputs)
             rate, epochs = config.fine_tune_learning_rate, config.fine_tune_epochs
             _compile(trainee.model, plan, rate, epochs * trainee.inputs.steps)
-        phase = Phase("fine-tuning", "phase2", epochs, rate, first)
-        _fit(trainee.model, plan, trainee.inputs, phase, verbose, log)
+        legs = (Leg(epochs, plan.size, trainee.inputs),)
+        phase = Phase("fine-tuning", "phase2", legs, rate, first, state_settings(plan, True))
+        _fit(trainee.model, plan, phase, verbose, log)
     return for_saving(core, plan), read_history(plan.out / HISTORY_FILE)
 
 
@@ -86,6 +102,33 @@ def _inputs(plan: TrainPlan, cached: dict[str, CachedImages]) -> Inputs:
     return Inputs(train, val, count // per_process if several else -(-count // per_process))
 
 
+def _image_legs(
+    plan: TrainPlan, cached: dict[str, CachedImages], inputs: Inputs, log: Callable[[str], None]
+) -> tuple[Leg, ...]:
+    """Phase 1 on images: one leg per input size of the plan; the smaller sizes train and
+    validate on resized copies of the cached images (made here, once)."""
+    legs = []
+    for stage in plan.stages:
+        if stage.size != plan.size:
+            folder = plan.out / CACHE_FOLDER
+            smaller = {
+                name: resized(images, stage.size, folder / f"{name}-{stage.size}.npy")
+                for name, images in cached.items()
+            }
+            legs.append(Leg(stage.epochs, stage.size, _inputs(plan, smaller)))
+        else:
+            legs.append(Leg(stage.epochs, stage.size, inputs))
+    if len(legs) > 1:
+        parts, end = [], 0
+        for leg in legs:
+            begin, end = end + 1, end + leg.epochs
+            parts.append(
+                f"{begin}-{end} at {leg.size} px" if end > begin else f"{end} at {leg.size} px"
+            )
+        log(f"progressive resizing: epochs {', '.join(parts)}")
+    return tuple(legs)
+
+
 def _frozen_backbone(
     core: Any,
     base: Any,
@@ -101,19 +144,24 @@ def _frozen_backbone(
 
 
 def _phase_one_trainee(
-    core: Any, frozen: FrozenBackbone | None, inputs: Inputs
-) -> Callable[[], Trainee]:
+    core: Any,
+    frozen: FrozenBackbone | None,
+    plan: TrainPlan,
+    cached: dict[str, CachedImages],
+    inputs: Inputs,
+) -> Callable[[Callable[[str], None]], tuple[Any, tuple[Leg, ...]]]:
     """What phase 1 fits, and on what (made only when phase 1 runs): a frozen backbone's
-    head on cached features, else the whole network on images."""
+    head on cached features, else the whole network on images (progressive resizing:
+    smaller images first)."""
     if frozen is None:
-        return lambda: Trainee(core, inputs)
+        return lambda log: (core, _image_legs(plan, cached, inputs, log))
 
-    def on_features() -> Trainee:
-        trainee, plan = frozen.head_trainee(), frozen.plan
+    def on_features(log: Callable[[str], None]) -> tuple[Any, tuple[Leg, ...]]:
+        trainee = frozen.head_trainee()
         with _strategy(plan.config.distribute).scope():
             steps = plan.config.epochs * trainee.inputs.steps
             _compile(trainee.model, plan, plan.config.learning_rate, steps)
-        return trainee
+        return trainee.model, (Leg(plan.config.epochs, plan.size, trainee.inputs),)
 
     return on_features
 
@@ -121,42 +169,64 @@ def _phase_one_trainee(
 def _phase_one(
     core: Any,
     plan: TrainPlan,
-    trainee: Callable[[], Trainee],
+    trainee: Callable[[Callable[[str], None]], tuple[Any, tuple[Leg, ...]]],
     verbose: int,
     log: Callable[[str], None],
 ) -> int:
     """Phase 1, unless a whole record of its end is on disk; returns its epoch count."""
-    from cvprep.training.backup import load_weights, save_weights
+    from cvprep.training.backup import changed_settings, load_weights, save_weights
 
-    backup = plan.out / BACKUP_FOLDER
+    backup, settings = plan.out / BACKUP_FOLDER, state_settings(plan, False)
     done, record = backup / PHASE1_WEIGHTS, backup / PHASE1_RECORD
     if done.exists():
-        problem = load_weights(core, done)
-        if problem is None:
+        changed = changed_settings(_read_record(record).get("settings"), settings)
+        problem = None if changed else load_weights(core, done)
+        if changed is None and problem is None:
             return _phase_one_epochs(record, plan)
-        log(f"warning: {done} is damaged ({problem}) and was removed: phase 1 runs again")
+        why = f"was made with other settings ({changed})" if changed else f"is damaged ({problem})"
+        log(f"warning: {done} {why} and was removed: phase 1 runs again")
         done.unlink()
         record.unlink(missing_ok=True)
     config = plan.config
-    fitted = trainee()
-    _fit(
-        fitted.model,
-        plan,
-        fitted.inputs,
-        Phase("phase 1", "phase1", config.epochs, config.learning_rate, 0),
-        verbose,
-        log,
-    )
+    model, legs = trainee(log)
+    phase = Phase("phase 1", "phase1", legs, config.learning_rate, 0, settings)
+    _fit(model, plan, phase, verbose, log)
     epochs = len(read_history(plan.out / HISTORY_FILE).get("loss", [])) or config.epochs
     save_weights(core, done)
-    atomic_write_bytes(record, json.dumps({"epochs": epochs}).encode())
+    atomic_write_bytes(record, json.dumps({"epochs": epochs, "settings": settings}).encode())
     return epochs
+
+
+def state_settings(plan: TrainPlan, fine_tuning: bool) -> dict[str, Any]:
+    """The settings a phase's saved states depend on: a rerun that changes one of them
+    cannot continue those states (:func:`cvprep.training.backup.discard_other_settings`)."""
+    config = plan.config
+    settings = {
+        "data": config.data,
+        "ops": plan.preprocessing.ops_text,
+        "model": config.model,
+        "alpha": config.alpha,
+        "weights": config.weights,
+        "img_size": plan.size,
+        "progressive": bool(config.progressive),
+        "feature_views": config.feature_views,
+        "precision": config.precision,
+    }
+    return {**settings, "unfreeze": config.unfreeze} if fine_tuning else settings
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _phase_one_epochs(record: Path, plan: TrainPlan) -> int:
     try:
-        return int(json.loads(record.read_text())["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):  # a run interrupted by cvprep 0.2
+        return int(_read_record(record)["epochs"])
+    except (KeyError, ValueError, TypeError):  # a run interrupted by cvprep 0.2
         return len(read_history(plan.out / HISTORY_FILE).get("loss", [])) or plan.config.epochs
 
 
@@ -203,57 +273,115 @@ def _compile(model: Any, plan: TrainPlan, learning_rate: float, total_steps: int
 def _fit(
     model: Any,
     plan: TrainPlan,
-    inputs: Inputs,
     phase: Phase,
     verbose: int,
     log: Callable[[str], None],
 ) -> None:
-    """One phase, resumed from its newest whole backup; the backup goes when it is done."""
-    from cvprep.training.backup import restore, trim_history
+    """One phase, leg after leg, resumed from its newest whole backup; the backup goes when
+    the phase is done."""
+    from cvprep.training.backup import discard_other_settings, restore, trim_history
 
     folder = plan.out / BACKUP_FOLDER / phase.folder
+    discard_other_settings(folder, phase.settings, phase.name, log)
     start = max(phase.first_epoch, restore(model, folder, phase.name, log))
     trim_history(plan.out / HISTORY_FILE, start)  # epochs after the restored state run again
-    callbacks = _callbacks(plan, phase, folder)
-    with warnings.catch_warnings():
-        # Keras cannot know the length of a tf.data pipeline and warns at every epoch's end.
-        warnings.filterwarnings("ignore", message=".*ran out of data")
-        model.fit(
-            inputs.train,
-            validation_data=inputs.val,
-            epochs=phase.first_epoch + phase.epochs,
-            initial_epoch=start,
-            callbacks=callbacks,
-            # Training batches only: the validation loss (early stopping) stays unweighted.
-            class_weight=plan.weighting.keras(),
-            verbose=verbose,
-            shuffle=False,  # tf.data already reshuffles every epoch
-        )
-    _check_converged(next(c for c in callbacks if hasattr(c, "diverged_at")), plan, phase)
+    end = phase.first_epoch
+    for leg in phase.legs:
+        begin, end = end, end + leg.epochs
+        if start >= end:
+            continue  # a resumed run is past this leg
+        callbacks = _callbacks(plan, phase, folder, leg, last=leg is phase.legs[-1], first=begin)
+        with warnings.catch_warnings():
+            # Keras cannot know the length of a tf.data pipeline and warns at every epoch's end.
+            warnings.filterwarnings("ignore", message=".*ran out of data")
+            model.fit(
+                leg.inputs.train,
+                validation_data=leg.inputs.val,
+                epochs=end,
+                initial_epoch=max(start, begin),
+                callbacks=callbacks,
+                # Training batches only: the validation loss (early stopping) stays unweighted.
+                class_weight=plan.weighting.keras(),
+                verbose=verbose,
+                shuffle=False,  # tf.data already reshuffles every epoch
+            )
+        _check_converged(next(c for c in callbacks if hasattr(c, "diverged_at")), plan, phase)
+        if model.stop_training:  # early stopping (only in the last leg)
+            break
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _callbacks(plan: TrainPlan, phase: Phase, folder: Path) -> list[Any]:
+def _callbacks(
+    plan: TrainPlan, phase: Phase, folder: Path, leg: Leg, *, last: bool, first: int
+) -> list[Any]:
     """History first and the backup last: a kill between them leaves a history row whose
-    epoch is run again (and its row replaced), never a state without its row."""
+    epoch is run again (and its row replaced), never a state without its row. Early
+    stopping and the best checkpoint watch the last leg only: the validation loss of
+    smaller images is not comparable with that of full-size ones."""
     import keras
 
     from cvprep.training.backup import BestCheckpoint, EpochBackup
 
+    watchers = []
+    if last:
+        watchers = [
+            # Not in the first half: a scheduled learning rate is still high there, and the
+            # validation loss of a small set swings.
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=plan.config.patience,
+                restore_best_weights=True,
+                start_from_epoch=max(first, phase.first_epoch + phase.epochs // 2),
+            ),
+            BestCheckpoint(plan.out / CHECKPOINT_FILE),
+        ]
     return [
-        keras.callbacks.CSVLogger(str(plan.out / HISTORY_FILE), append=True),
-        # Not in the first half: a scheduled learning rate is still high there, and the
-        # validation loss of a small set swings.
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=plan.config.patience,
-            restore_best_weights=True,
-            start_from_epoch=phase.first_epoch + phase.epochs // 2,
-        ),
-        BestCheckpoint(plan.out / CHECKPOINT_FILE),
+        _history_logger(leg.size, plan.out / HISTORY_FILE),
+        *watchers,
         _stop_on_nan(),
         EpochBackup(folder),
     ]
+
+
+RECORD_COLUMNS = ("img_size", "seconds")
+
+
+def _history_logger(size: int, history: Path) -> Any:
+    """Keras' CSVLogger appending to ``history.csv``, with each epoch's input size and its
+    seconds (training and validation) added to the row (not to the logs: the progress line
+    stays as Keras prints it). Not when resuming a run whose history was started without
+    these columns: its rows would no longer match its header."""
+    import time
+
+    import keras
+
+    class HistoryLogger(keras.callbacks.CSVLogger):
+        def __init__(self) -> None:
+            super().__init__(str(history), append=True)
+            self.started = time.perf_counter()
+            header = _history_header(history)
+            self.record = header is None or set(RECORD_COLUMNS) <= set(header)
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            row = dict(logs or {})
+            if self.record:
+                row.update(img_size=size, seconds=round(time.perf_counter() - self.started, 2))
+            super().on_epoch_end(epoch, row)
+
+    return HistoryLogger()
+
+
+def _history_header(path: Path) -> list[str] | None:
+    """The column names of ``history.csv``; None when it has none yet."""
+    try:
+        with path.open() as handle:
+            line = handle.readline().strip()
+    except FileNotFoundError:
+        return None
+    return line.split(",") if line else None
 
 
 def _stop_on_nan() -> Any:

@@ -24,7 +24,7 @@ from cvprep.files import require_folder
 from cvprep.params import fail
 from cvprep.pipeline import Pipeline, SpecError
 from cvprep.training.compute import resolve_precision
-from cvprep.training.config import IMBALANCE_RATIO, TrainConfig
+from cvprep.training.config import IMBALANCE_RATIO, Stage, TrainConfig, resize_stages
 from cvprep.training.data import Split, carve_validation, discover, process_shard
 
 SMALL_IMAGE = 64  # cnn: images no larger than this train at their own size
@@ -149,6 +149,12 @@ class TrainPlan:
         return self.config.size
 
     @property
+    def stages(self) -> tuple[Stage, ...]:
+        """Phase 1's input sizes (progressive resizing: smaller ones first)."""
+        config = self.config
+        return resize_stages(config.epochs, config.size, bool(config.progressive))
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -189,7 +195,7 @@ def resolve_plan(config: TrainConfig) -> TrainPlan:
     ...           ratios="0.8,0,0.2", workers=0)
     >>> plan = resolve_plan(TrainConfig(str(tmp / "data"), str(tmp / "run"), ops="grayscale"))
     >>> plan.classes, plan.config.epochs, plan.preprocessing.channels
-    (('angular', 'round'), 60, 1)
+    (('angular', 'round'), 40, 1)
     >>> plan.validation
     Validation(source='train', images=2, fraction=0.1, seed=1337)
     """
