@@ -12,7 +12,8 @@ It runs :func:`cvprep.training.train` with the model's defaults (``--set`` chang
 setting) and prints, from the run's ``history.csv`` (each epoch's input size and seconds):
 
 - per epoch: the input size, its seconds (training and validation), the time since the
-  command started (start-up and decoding included), the validation accuracy, and, for the
+  command started at its end (start-up, decoding and a backbone's cached activations
+  included; the row's appearance in ``history.csv``), the validation accuracy, and, for the
   networks trained on images (``cnn``, ``classic``), the achieved GFLOP/s of the whole epoch
   (training FLOPs of every training image plus forward FLOPs of every validation image,
   counted from the network at that size) and its share of the CPU's FP32 peak;
@@ -30,6 +31,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +74,33 @@ def cpu_name() -> str:
     return match.group(1).strip() if match else "unknown CPU"
 
 
+class EpochEnds(threading.Thread):
+    """Notes the moment each row of ``history.csv`` appears (polled every 0.1 s): the time
+    since the command started at each epoch's end, whatever ran between epochs (the cached
+    activations of a backbone, the switch to another input size)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path, self.times, self.done = path, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            rows = self.path.read_text().count("\n") - 1
+        except OSError:
+            return
+        now = time.perf_counter()
+        self.times.extend([now] * max(0, rows - len(self.times)))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        self.poll()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
@@ -99,7 +128,12 @@ def main() -> None:
         print(f"  | {message}", flush=True)
 
     started = time.perf_counter()
-    result = train(args.data, out=out, model=args.model, log=log, **settings)
+    ends = EpochEnds(out / "history.csv")
+    ends.start()
+    try:
+        result = train(args.data, out=out, model=args.model, log=log, **settings)
+    finally:
+        ends.stop()
     total = time.perf_counter() - started
     history = read_history(result.run / "history.csv")
     config = json.loads((result.run / "config.json").read_text())
@@ -110,11 +144,11 @@ def main() -> None:
 
     print(f"\nstart-up and decoding: {before:.1f} s")
     print("epoch  size  seconds  since start  val acc  GFLOP/s  of peak")
-    elapsed, reached = before, {}
+    reached = {}
     for index, seconds in enumerate(history.get("seconds", [])):
         size = int(history["img_size"][index])
         accuracy = history["val_accuracy"][index]
-        elapsed += seconds
+        elapsed = ends.times[index] - started
         speed = ""
         if builder is not None and counts:
             rate = epoch_gflop(builder, size, channels, classes, *counts) / seconds
@@ -132,10 +166,10 @@ def main() -> None:
             print(f"val accuracy >= {target:g}: {seconds / 60:.1f} min (epoch {epoch})")
         else:
             print(f"val accuracy >= {target:g}: not reached")
-    unaccounted = total - before - sum(history.get("seconds", []))
+    after = total - (ends.times[-1] - started if ends.times else before)
     print(
-        f"whole run: {total / 60:.1f} min ({unaccounted:.0f} s after and between epochs: "
-        f"saving, scoring, the report); final validation accuracy "
+        f"whole run: {total / 60:.1f} min ({after:.0f} s after the last epoch: saving, "
+        f"scoring, the report); final validation accuracy "
         f"{result.metrics['validation_accuracy']:.3f}; run folder {result.run}"
     )
 
