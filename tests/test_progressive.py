@@ -45,10 +45,10 @@ def test_stages_add_up_grow_and_end_at_the_full_size(epochs, size):
 
 
 def test_stages_of_the_default_run():
-    assert [(s.epochs, s.size) for s in resize_stages(40, 150, True)] == [
-        (18, 64),
-        (14, 96),
-        (8, 150),
+    assert [(s.epochs, s.size) for s in resize_stages(46, 150, True)] == [
+        (20, 64),
+        (16, 96),
+        (10, 150),
     ]
 
 

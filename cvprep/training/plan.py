@@ -195,7 +195,7 @@ def resolve_plan(config: TrainConfig) -> TrainPlan:
     ...           ratios="0.8,0,0.2", workers=0)
     >>> plan = resolve_plan(TrainConfig(str(tmp / "data"), str(tmp / "run"), ops="grayscale"))
     >>> plan.classes, plan.config.epochs, plan.preprocessing.channels
-    (('angular', 'round'), 40, 1)
+    (('angular', 'round'), 46, 1)
     >>> plan.validation
     Validation(source='train', images=2, fraction=0.1, seed=1337)
     """
