@@ -114,7 +114,7 @@ def changed_settings(recorded: object, settings: dict[str, Any]) -> str | None:
         return None
     return (
         ", ".join(
-            f"{key} {recorded.get(key)}, now {value}"
+            f"{key} {_shown(recorded.get(key))}, now {_shown(value)}"
             for key, value in settings.items()
             if recorded.get(key) != value
         )

@@ -170,7 +170,7 @@ def describe_stages() -> str:
     """:data:`RESIZE_STAGES` in words, for help texts.
 
     >>> describe_stages()[:60]
-    'the first 40 % of the epochs at 43 % of the input size, the '
+    'the first 45 % of the epochs at 43 % of the input size, the '
     """
     first, *rest = RESIZE_STAGES
     parts = [f"the first {first[0]:.0%} of the epochs at {first[1]:.0%} of the input size"]
@@ -410,6 +410,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """From a ``config.json`` (keys that are not settings, such as ``classes``, are
-        left out)."""
+        left out; a config without ``progressive`` is one of a run made before it existed,
+        which trained without it)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        settings = {k: v for k, v in values.items() if k in names}
+        # A run recorded before progressive resizing existed trained without it.
+        settings.setdefault("progressive", False)
+        return cls(**settings)
