@@ -136,8 +136,9 @@ class Plan:
             return {"train": count - held_out, **self.fixed}
         if self.folds is not None and count < self.folds:
             raise ParameterError(
-                f"class {cls!r} has {count} images, fewer than kfold={self.folds}: every fold "
-                "needs a validation image of each class; use fewer folds"
+                f"`kfold` is too large: class {cls!r} has {count} images, fewer than "
+                f"kfold={self.folds}: every fold needs a validation image of each class; use "
+                "fewer folds"
             )
         shares = self.ratios or {name: 1.0 / len(self.names) for name in self.names}
         targets = class_targets(count, shares, min_per_split, cls)
