@@ -35,11 +35,17 @@ from tests.conftest import SHARED_WEIGHTS
 from tests.test_training import make_stripes
 
 ZEN4 = """processor : 0
+vendor_id : AuthenticAMD
+cpu family : 25
+model : 17
 model name : AMD EPYC 9R14 96-Core Processor
 cpu MHz : 2600.000
 flags : fpu sse2 avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni
 """
 ICE_LAKE = """processor : 0
+vendor_id : GenuineIntel
+cpu family : 6
+model : 106
 model name : Intel(R) Xeon(R) Processor @ 2.80GHz
 cpu MHz : 2800.000
 flags : fpu sse2 avx2 fma avx512f avx512bw avx512_vnni
@@ -58,6 +64,19 @@ def test_cpu_peak_and_bf16_from_the_flags():
     avx2 = ICE_LAKE.replace(" avx512f avx512bw avx512_vnni", "")
     assert cpu_peak(avx2, cores=4).gflops == pytest.approx(4 * 2.8 * 32)
     assert cpu_flags("no flags here") == frozenset()
+
+
+def test_amd_peaks_count_the_width_of_the_fma_pipes_not_of_the_instructions():
+    # Zen 4 runs AVX-512 as two 256-bit halves: the peak of the issue's 2-core EPYC is half
+    # what its flags alone would say.
+    assert cpu_peak(ZEN4, cores=2).gflops == pytest.approx(2 * 2.6 * 32)
+    assert "256-bit" in cpu_peak(ZEN4, cores=2).describe()
+    zen5 = ZEN4.replace("cpu family : 25", "cpu family : 26")
+    assert cpu_peak(zen5, cores=2).gflops == pytest.approx(2 * 2.6 * 64)
+    zen1 = ZEN4.replace("cpu family : 25", "cpu family : 23").replace(" avx512f avx512bw", "")
+    assert cpu_peak(zen1, cores=2).gflops == pytest.approx(2 * 2.6 * 16)
+    zen2 = zen1.replace("model : 17", "model : 49")
+    assert cpu_peak(zen2, cores=2).gflops == pytest.approx(2 * 2.6 * 32)
 
 
 def test_flops_are_counted_from_each_layers_shapes():

@@ -17,9 +17,15 @@ from typing import Any
 
 CPUINFO = Path("/proc/cpuinfo")
 # FP32 FLOPs per cycle and core: a 16-lane (AVX-512) or 8-lane (AVX2) fused multiply-add
-# (2 FLOPs a lane) on two FMA ports, as Xeons of the Skylake-SP generation onwards have.
-# One-FMA-port parts (some Xeon Silver/Bronze) reach half: pass the peak explicitly there.
+# (2 FLOPs a lane) on two FMA ports, as Intel's Xeons of the Skylake-SP generation onwards
+# have. One-FMA-port parts (some Xeon Silver/Bronze) reach half: pass the peak explicitly.
 FLOP_PER_CYCLE = (("avx512f", 64), ("avx2", 32), ("sse2", 8))
+# AMD's cores are narrower than their flags: Zen and Zen+ (family 0x17 below model 0x30)
+# split a 256-bit FMA into two 128-bit halves, and Zen 2 to Zen 4 (up to family 0x19) have
+# two 256-bit FMA pipes, Zen 4 running AVX-512 as two 256-bit halves; Zen 5 (0x1a) has
+# 512-bit pipes where it has AVX-512.
+AMD_ZEN2_FIRST_MODEL = 0x30
+AMD_ZEN5_FAMILY = 0x1A
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 PRECISIONS = ("auto", "float32", "bfloat16")
 # What ``auto`` picks on a CPU with native BF16. The issue adopts bfloat16 only where it is
@@ -37,7 +43,7 @@ class CpuPeak:
     cores: int
     ghz: float
     flop_per_cycle: int
-    instructions: str  # "avx512f", "avx2", …
+    basis: str  # the instructions and FMA units the FLOPs per cycle rest on
 
     @property
     def gflops(self) -> float:
@@ -46,7 +52,7 @@ class CpuPeak:
     def describe(self) -> str:
         return (
             f"{self.cores} cores × {self.ghz:.2f} GHz × {self.flop_per_cycle} FP32 FLOP/cycle "
-            f"({self.instructions}, two FMA units assumed) = {self.gflops:.0f} GFLOP/s"
+            f"({self.basis}) = {self.gflops:.0f} GFLOP/s"
         )
 
 
@@ -93,6 +99,32 @@ def cpu_ghz(text: str | None = None) -> float:
     return float(current.group(1)) / 1000 if current else 0.0
 
 
+def _cpuinfo_number(text: str, key: str) -> int | None:
+    match = re.search(rf"^{key}\s*:\s*(\d+)\s*$", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def flop_per_cycle(text: str) -> tuple[int, str]:
+    """FP32 FLOPs per cycle and core of the first CPU in ``text`` (``/proc/cpuinfo``), and
+    what they rest on: the widest vector instructions it has, for AMD narrowed to the width
+    of its FMA pipes (a Zen 4 has AVX-512 but computes it 256 bits at a time).
+
+    >>> flop_per_cycle("vendor_id : AuthenticAMD\\ncpu family : 25\\nflags : avx2 avx512f")
+    (32, 'avx512f on 256-bit FMA pipes (AMD family 0x19)')
+    """
+    flags = cpu_flags(text)
+    name, per_cycle = next(((f, n) for f, n in FLOP_PER_CYCLE if f in flags), ("scalar", 2))
+    if "AuthenticAMD" not in text or per_cycle < 32:
+        return per_cycle, f"{name}, two FMA units assumed"
+    family = _cpuinfo_number(text, "cpu family") or 0
+    model = _cpuinfo_number(text, "model") or 0
+    if family >= AMD_ZEN5_FAMILY:
+        return per_cycle, f"{name}, AMD family {family:#x}: two FMA units of that width"
+    zen2_or_later = family > 0x17 or (family == 0x17 and model >= AMD_ZEN2_FIRST_MODEL)
+    bits = 256 if zen2_or_later else 128
+    return 2 * 2 * bits // 32, f"{name} on {bits}-bit FMA pipes (AMD family {family:#x})"
+
+
 def cpu_peak(text: str | None = None, cores: int | None = None) -> CpuPeak:
     """The FP32 peak of the usable cores, from ``/proc/cpuinfo`` (or ``text``).
 
@@ -100,9 +132,13 @@ def cpu_peak(text: str | None = None, cores: int | None = None) -> CpuPeak:
     >>> cpu_peak(info, cores=2).gflops
     358.4
     """
-    flags = cpu_flags(text)
-    name, per_cycle = next(((f, n) for f, n in FLOP_PER_CYCLE if f in flags), ("scalar", 2))
-    return CpuPeak(cores or usable_cores(), cpu_ghz(text), per_cycle, name)
+    if text is None:
+        try:
+            text = CPUINFO.read_text()
+        except OSError:
+            text = ""
+    per_cycle, basis = flop_per_cycle(text)
+    return CpuPeak(cores or usable_cores(), cpu_ghz(text), per_cycle, basis)
 
 
 def resolve_precision(precision: str, flags: Iterable[str] | None = None) -> str:
