@@ -11,6 +11,9 @@ resized to SIZE×SIZE. Every rate is images/s, best of ``--repeats``:
   OpenCV     the ``cvprep.ops`` function in a Python loop over the same images.
 
 Random layers run with ``training=True`` against Keras' own random layers at the same size.
+Then ``RandomAffine`` as ``cvprep train``'s input pipeline runs it (a ``tf.data`` map):
+TensorFlow's kernel against ``warp_with_opencv`` (OpenCV's ``warpAffine``), in images/s and
+CPU milliseconds per image: the CPU the warp takes from a training step on the same cores.
 Also runs against an older cvprep checkout, alternated with this one in one session (layers
 that do not exist there are skipped)::
 
@@ -231,6 +234,41 @@ def main() -> None:
             f"{name:38s} {rate:7.0f}  {keras_name:32s} {keras_rate:7.0f} {rate / keras_rate:5.2f}",
             flush=True,
         )
+    pipeline_warp(batch, args.repeats)
+
+
+def pipeline_warp(batch: np.ndarray, repeats: int) -> None:
+    """``RandomAffine`` in a ``tf.data`` map, TensorFlow's kernel against OpenCV's: wall and
+    CPU time of 20 batches, best of ``repeats``."""
+    tensor = tf.constant(batch.astype(np.float32))
+    print(f"\nRandomAffine(15, 0.15, 0.1) in tf.data, batches of {len(batch)}:")
+    results = {}
+    for kernel in ("TensorFlow", "OpenCV"):
+        layer = kl.RandomAffine(15, 0.15, 0.1, flip=True, border="reflect", seed=1)
+        layer.warp_with_opencv = kernel == "OpenCV"
+        dataset = (
+            tf.data.Dataset.from_tensors(tensor)
+            .repeat(20)
+            .map(
+                lambda x, layer=layer: layer(x, training=True), num_parallel_calls=tf.data.AUTOTUNE
+            )
+        )
+        best_wall = best_cpu = float("inf")
+        for _ in range(repeats + 1):  # the first pass warms up
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in dataset:
+                pass
+            best_wall = min(best_wall, time.perf_counter() - wall)
+            best_cpu = min(best_cpu, time.process_time() - cpu)
+        images = 20 * len(batch)
+        rate, cpu_ms = images / best_wall, 1e3 * best_cpu / images
+        results[kernel] = (rate, cpu_ms)
+        print(f"  {kernel:10s} {rate:7.0f} images/s  {cpu_ms:6.3f} CPU ms/image")
+    (tf_rate, tf_cpu), (cv_rate, cv_cpu) = results["TensorFlow"], results["OpenCV"]
+    print(
+        f"  OpenCV / TensorFlow: {cv_rate / tf_rate:.2f}× the images/s, "
+        f"{cv_cpu / tf_cpu:.2f}× the CPU time"
+    )
 
 
 if __name__ == "__main__":

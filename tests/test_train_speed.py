@@ -320,8 +320,23 @@ def test_fused_batch_normalization_trains_and_infers_as_keras_does(tmp_path):
     np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=2e-3)
     assert not np.allclose(fused.moving_variance, 1.0)  # it was updated
     np.testing.assert_allclose(fused(images), plain(images), rtol=1e-2, atol=1e-2)
-    fused.trainable = False  # frozen: inference statistics, Keras' own path
+    fused.trainable = False  # frozen: inference statistics, as Keras' layer
     np.testing.assert_allclose(fused(images, training=True), fused(images), atol=1e-6)
+    # Inference, fused too: Keras' outputs and input gradients for the same weights.
+    fused.set_weights(plain.get_weights())
+
+    def inference(layer):
+        import tensorflow as tf
+
+        x = tf.constant(images)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x)
+            loss = tf.reduce_sum(outputs * weights)
+        return np.asarray(outputs), np.asarray(tape.gradient(loss, x))
+
+    for expected, got in zip(inference(plain), inference(fused), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # Saved and loaded inside a model.
     inputs = keras.Input((10, 10, 5))
     model = keras.Model(inputs, FusedBatchNormalization(momentum=0.9)(inputs))

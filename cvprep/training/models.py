@@ -92,7 +92,7 @@ def cnn_downsampling(size: int) -> tuple[int, int]:
 
 def build_cnn(size: int, channels: int, num_classes: int, *, any_size: bool = False) -> Any:
     """cvprep's CNN for training from scratch: a 3×3 stem, three stages of a 3×3
-    convolution with batch normalisation and 2×2 max-pooling (64, 128, 256 filters), a last
+    convolution, 2×2 max-pooling and batch normalisation (64, 128, 256 filters), a last
     256-filter convolution, global average pooling, dropout 0.3. The stem is strided and
     every stage pools for photos; small inputs pool less (:func:`cnn_downsampling`).
 
