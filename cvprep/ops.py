@@ -523,7 +523,11 @@ def warp_affine_batch(
     input pipeline, where it took 0.29× the CPU time of TensorFlow's projective-transform
     kernel (``benchmarks/layers.py``).
     """
+    if images.ndim != 4 or not 1 <= images.shape[-1] <= 4:
+        raise _fail("images", "a batch of N×H×W×C images with 1 to 4 channels", images.shape)
     count, height, width, channels = images.shape
+    if np.shape(inverse) != (count, 6):
+        raise _fail("inverse", f"one 6-number map per image ({count}×6)", np.shape(inverse))
     flags = INTERPOLATIONS[interpolation] | cv2.WARP_INVERSE_MAP
     border_value = fill_for_channels(tuple(fill), channels)
     out = np.empty_like(images)

@@ -439,8 +439,9 @@ def sample_affine(
     On TensorFlow (also inside ``tf.data``) this is one ``ImageProjectiveTransformV3`` call,
     the kernel behind Keras' ``RandomRotation``; borders it lacks (reflect101, wrap) are padded
     first with OpenCV's rule. Other backends use the exact gather implementation. ``opencv``
-    (TensorFlow, at most 4 channels): OpenCV itself through ``tf.numpy_function``, for input
-    pipelines only (a model holding it would not save or export).
+    (TensorFlow, at most 4 channels; more fall back to the kernel): OpenCV itself through
+    ``tf.numpy_function``, for input pipelines (``tf.data``) only: XLA cannot compile it, and
+    a layer's ``warp_with_opencv`` is not saved with it.
     """
     height, width = dims(b, images)
     if b.name != "tensorflow":

@@ -63,7 +63,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     them (``benchmarks/cnn_layers.py``: 97 ms against 84 ms for cvprep's CNN's 75×75×64
     layer, batch 32), and TensorFlow's ``FusedBatchNormV3`` does the same work in one pass
     forward and one backward; in inference it is one pass, which TensorFlow's oneDNN graph
-    rewrite folds into a convolution it directly follows. Used where it applies (TensorFlow,
+    rewrite folds into a convolution it directly follows (in cvprep's CNN the stem and the
+    last convolution; the others are pooled in between). Used where it applies (TensorFlow,
     float32 images with the channels last); elsewhere (JAX, mixed precision) it is Keras'
     code.
     The moving variance is updated with the batch's unbiased variance (Keras: biased), a
@@ -82,11 +83,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         )
 
     def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
-        if mask is not None or not self._fusable(inputs):
+        plain_flag = training is None or isinstance(training, bool)
+        if mask is not None or not plain_flag or not self._fusable(inputs):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
-        if not (training is True and self.trainable):  # Keras' rule for the moving statistics
+        if not (training and self.trainable):  # Keras' rule: batch statistics only then
             outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 inputs,
                 self.gamma,

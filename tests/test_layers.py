@@ -10,6 +10,7 @@ tf = pytest.importorskip("tensorflow")
 
 from cvprep import Pipeline, ops  # noqa: E402
 from cvprep import keras_layers as kl  # noqa: E402
+from cvprep.errors import ParameterError  # noqa: E402
 from tests.conftest import load_photo  # noqa: E402
 
 # spec → tolerance on round(layer output) vs the op's uint8 output, or "f1" for Canny.
@@ -452,19 +453,26 @@ def test_random_affine_is_opencvs_warp(border):
 
 @pytest.mark.parametrize("border", ["constant", "reflect", "wrap"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_the_input_pipelines_opencv_warp_is_the_layers_warp(border, channels):
+def test_the_input_pipelines_opencv_warp_is_the_layers_warp(border, channels, monkeypatch):
     """cvprep train's pipeline warps with OpenCV (warp_with_opencv, inside tf.data): the
-    same draw gives the images the TensorFlow kernel gives, and the setting is not saved."""
+    same draw gives the images the TensorFlow kernel gives."""
     image = ops.resize(load_photo("china"), (70, 90))
     images = np.stack([image, image[::-1]]).astype(np.float32)
     images = images[..., :1] if channels == 1 else images
     layer = kl.RandomAffine(20, 0.2, 0.1, flip=True, border=border, fill=(9, 99, 199), seed=3)
     draw = layer.get_random_transformation(images)
     want = np.asarray(layer.transform_images(images, draw))
+    warped = []
+    opencv_warp = ops.warp_affine_batch
+    monkeypatch.setattr(
+        ops, "warp_affine_batch", lambda *a, **k: warped.append(1) or opencv_warp(*a, **k)
+    )
     layer.warp_with_opencv = True
-    assert "warp_with_opencv" not in layer.get_config()
     dataset = tf.data.Dataset.from_tensors(images).map(lambda x: layer.transform_images(x, draw))
     got = next(iter(dataset)).numpy()
+    assert warped  # OpenCV did the warp
+    with pytest.raises(ParameterError, match="inverse"):
+        opencv_warp(images, np.zeros((1, 6)))
     assert got.shape == want.shape and got.dtype == np.float32
     assert np.abs(got - want).max() <= 1.5  # OpenCV rounds sub-pixel positions to 1/32
 

@@ -40,7 +40,7 @@ cpu family : 25
 model : 17
 model name : AMD EPYC 9R14 96-Core Processor
 cpu MHz : 2600.000
-flags : fpu sse2 avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni
+flags : fpu sse2 avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni clwb
 """
 ICE_LAKE = """processor : 0
 vendor_id : GenuineIntel
@@ -71,12 +71,19 @@ def test_amd_peaks_count_the_width_of_the_fma_pipes_not_of_the_instructions():
     # what its flags alone would say.
     assert cpu_peak(ZEN4, cores=2).gflops == pytest.approx(2 * 2.6 * 32)
     assert "256-bit" in cpu_peak(ZEN4, cores=2).describe()
-    zen5 = ZEN4.replace("cpu family : 25", "cpu family : 26")
+    zen5 = ZEN4.replace("cpu family : 25", "cpu family : 26").replace("model : 17", "model : 2")
     assert cpu_peak(zen5, cores=2).gflops == pytest.approx(2 * 2.6 * 64)
+    strix_point = zen5.replace("model : 2", "model : 36")  # a laptop Zen 5: 256-bit pipes
+    assert cpu_peak(strix_point, cores=2).gflops == pytest.approx(2 * 2.6 * 32)
     zen1 = ZEN4.replace("cpu family : 25", "cpu family : 23").replace(" avx512f avx512bw", "")
+    zen1 = zen1.replace(" clwb", "").replace("model : 17", "model : 1")
     assert cpu_peak(zen1, cores=2).gflops == pytest.approx(2 * 2.6 * 16)
-    zen2 = zen1.replace("model : 17", "model : 49")
+    zen2 = zen1.replace("model : 1", "model : 49")
     assert cpu_peak(zen2, cores=2).gflops == pytest.approx(2 * 2.6 * 32)
+    generic_vm = zen1.replace("flags :", "flags : clwb")  # a Zen 3 host, family 0x17 model 1
+    assert cpu_peak(generic_vm, cores=2).gflops == pytest.approx(2 * 2.6 * 32)
+    hygon = zen1.replace("AuthenticAMD", "HygonGenuine").replace("flags :", "flags : clwb")
+    assert cpu_peak(hygon, cores=2).gflops == pytest.approx(2 * 2.6 * 16)
 
 
 def test_flops_are_counted_from_each_layers_shapes():
@@ -292,7 +299,9 @@ def test_a_bfloat16_run_saves_a_float32_model(stripes, tmp_path):
     assert exported.max_difference < 1e-4
 
 
-def test_fused_batch_normalization_trains_and_infers_as_keras_does(tmp_path):
+def test_fused_batch_normalization_trains_and_infers_as_keras_does(tmp_path, monkeypatch):
+    import tensorflow as tf
+
     from cvprep.keras_layers.normalize import FusedBatchNormalization
 
     images = np.random.default_rng(0).normal(2, 3, (8, 10, 10, 5)).astype(np.float32)
@@ -320,10 +329,21 @@ def test_fused_batch_normalization_trains_and_infers_as_keras_does(tmp_path):
     np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=2e-3)
     assert not np.allclose(fused.moving_variance, 1.0)  # it was updated
     np.testing.assert_allclose(fused(images), plain(images), rtol=1e-2, atol=1e-2)
-    fused.trainable = False  # frozen: inference statistics, as Keras' layer
-    np.testing.assert_allclose(fused(images, training=True), fused(images), atol=1e-6)
-    # Inference, fused too: Keras' outputs and input gradients for the same weights.
+    # Inference, fused too: Keras' outputs and input gradients for the same weights, also
+    # when frozen (training=True then uses the moving statistics, as Keras' layer does).
     fused.set_weights(plain.get_weights())
+    fused.trainable = plain.trainable = False
+    np.testing.assert_allclose(
+        fused(images, training=True), plain(images, training=True), atol=1e-5
+    )
+    fused_calls = []
+    fused_batch_norm = tf.compat.v1.nn.fused_batch_norm
+
+    def spy(*args, **kwargs):
+        fused_calls.append(kwargs["is_training"])
+        return fused_batch_norm(*args, **kwargs)
+
+    monkeypatch.setattr(tf.compat.v1.nn, "fused_batch_norm", spy)
 
     def inference(layer):
         import tensorflow as tf
@@ -337,6 +357,8 @@ def test_fused_batch_normalization_trains_and_infers_as_keras_does(tmp_path):
 
     for expected, got in zip(inference(plain), inference(fused), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert fused_calls == [False]  # the fused kernel, in inference mode
+    monkeypatch.undo()
     # Saved and loaded inside a model.
     inputs = keras.Input((10, 10, 5))
     model = keras.Model(inputs, FusedBatchNormalization(momentum=0.9)(inputs))

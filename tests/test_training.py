@@ -727,3 +727,17 @@ def test_the_demo_predicts_on_classes_of_any_format(tmp_path):
     run_demo(tmp_path / "demo", source, 1, lines.append)
     predictions = [line for line in lines if re.search(r"\.png: (angular|round) \(", line)]
     assert len(predictions) == 4, lines
+
+
+def test_cnn_backups_record_the_networks_layout(dataset, tmp_path):
+    """Weights saved by an older layout of cnn have the same shapes but another meaning: the
+    layout is one of the settings a resumed run must match."""
+    from cvprep.training.backup import changed_settings
+    from cvprep.training.models import NETWORK_VERSIONS
+    from cvprep.training.phases import state_settings
+    from cvprep.training.plan import resolve_plan
+
+    settings = state_settings(resolve_plan(TrainConfig(str(dataset), str(tmp_path))), False)
+    assert settings["network"] == NETWORK_VERSIONS["cnn"]
+    older = {key: value for key, value in settings.items() if key != "network"}
+    assert changed_settings(older, settings) == f"network none, now {NETWORK_VERSIONS['cnn']}"

@@ -20,12 +20,16 @@ CPUINFO = Path("/proc/cpuinfo")
 # (2 FLOPs a lane) on two FMA ports, as Intel's Xeons of the Skylake-SP generation onwards
 # have. One-FMA-port parts (some Xeon Silver/Bronze) reach half: pass the peak explicitly.
 FLOP_PER_CYCLE = (("avx512f", 64), ("avx2", 32), ("sse2", 8))
-# AMD's cores are narrower than their flags: Zen and Zen+ (family 0x17 below model 0x30)
-# split a 256-bit FMA into two 128-bit halves, and Zen 2 to Zen 4 (up to family 0x19) have
-# two 256-bit FMA pipes, Zen 4 running AVX-512 as two 256-bit halves; Zen 5 (0x1a) has
-# 512-bit pipes where it has AVX-512.
+# AMD's cores are narrower than their flags: Zen and Zen+ (and Hygon's Dhyana, a Zen) split
+# a 256-bit FMA into two 128-bit halves; Zen 2 to Zen 4 have two 256-bit FMA pipes, Zen 4
+# running AVX-512 as two 256-bit halves; Zen 5 (family 0x1a) has 512-bit pipes on desktop and
+# server parts, 256-bit ones on the laptop parts (Strix and Krackan Point: models 0x20-0x2f
+# and 0x60-0x6f). Zen 2 was the first with ``clwb``, which tells it from a Zen in a VM that
+# reports a generic family 0x17, model 1.
+AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")
 AMD_ZEN2_FIRST_MODEL = 0x30
 AMD_ZEN5_FAMILY = 0x1A
+AMD_ZEN5_256_BIT_MODELS = (range(0x20, 0x30), range(0x60, 0x70))
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 PRECISIONS = ("auto", "float32", "bfloat16")
 # What ``auto`` picks on a CPU with native BF16. The issue adopts bfloat16 only where it is
@@ -109,20 +113,25 @@ def flop_per_cycle(text: str) -> tuple[int, str]:
     what they rest on: the widest vector instructions it has, for AMD narrowed to the width
     of its FMA pipes (a Zen 4 has AVX-512 but computes it 256 bits at a time).
 
-    >>> flop_per_cycle("vendor_id : AuthenticAMD\\ncpu family : 25\\nflags : avx2 avx512f")
-    (32, 'avx512f on 256-bit FMA pipes (AMD family 0x19)')
+    >>> flop_per_cycle("vendor_id : AuthenticAMD\\ncpu family : 25\\nflags : avx2 avx512f clwb")
+    (32, 'avx512f on 256-bit FMA pipes (AuthenticAMD family 0x19)')
     """
     flags = cpu_flags(text)
     name, per_cycle = next(((f, n) for f, n in FLOP_PER_CYCLE if f in flags), ("scalar", 2))
-    if "AuthenticAMD" not in text or per_cycle < 32:
+    vendor = next((v for v in AMD_VENDORS if v in text), None)
+    if vendor is None or per_cycle < 32:
         return per_cycle, f"{name}, two FMA units assumed"
     family = _cpuinfo_number(text, "cpu family") or 0
     model = _cpuinfo_number(text, "model") or 0
-    if family >= AMD_ZEN5_FAMILY:
-        return per_cycle, f"{name}, AMD family {family:#x}: two FMA units of that width"
-    zen2_or_later = family > 0x17 or (family == 0x17 and model >= AMD_ZEN2_FIRST_MODEL)
-    bits = 256 if zen2_or_later else 128
-    return 2 * 2 * bits // 32, f"{name} on {bits}-bit FMA pipes (AMD family {family:#x})"
+    zen1 = family <= 0x17 and model < AMD_ZEN2_FIRST_MODEL and "clwb" not in flags
+    if vendor == "HygonGenuine" or zen1:
+        bits = 128
+    elif family < AMD_ZEN5_FAMILY or any(model in r for r in AMD_ZEN5_256_BIT_MODELS):
+        bits = 256
+    else:
+        bits = 512
+    per_cycle = min(per_cycle, 2 * 2 * bits // 32)  # two FMA pipes, 2 FLOPs a 32-bit lane
+    return per_cycle, f"{name} on {bits}-bit FMA pipes ({vendor} family {family:#x})"
 
 
 def cpu_peak(text: str | None = None, cores: int | None = None) -> CpuPeak:

@@ -55,8 +55,8 @@ def _conv_bn(x: Any, filters: int, strides: int = 1, pool: bool = False) -> Any:
     x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
     if pool:
         # Pooled before normalisation and ReLU, which then touch a quarter of the values:
-        # on a CPU they are bound by memory, and this made a training step 10 % faster
-        # (benchmarks/cnn_layers.py) at the same validation accuracy (README).
+        # on a CPU they are bound by memory, and this made a training step about 10 %
+        # faster, with validation accuracy as before (README, "Training speed").
         x = keras.layers.MaxPooling2D(2)(x)
     # Momentum 0.9, not Keras' 0.99: small datasets give few steps per epoch, and slow moving
     # statistics leave validation at chance for many epochs. Fused: a third of a training
@@ -65,6 +65,9 @@ def _conv_bn(x: Any, filters: int, strides: int = 1, pool: bool = False) -> Any:
     return keras.layers.ReLU()(x)
 
 
+# The layout of cvprep's CNN, recorded with a run's backups: weights saved by another layout
+# have the same shapes but another meaning, so a resumed run must not load them.
+NETWORK_VERSIONS = {"cnn": "2 (pooling before batch normalisation)"}
 STRIDED_STEM = 32  # smaller inputs keep their full resolution in the stem
 SMALLEST_MAP = 2  # the last convolution sees at least 2×2
 

@@ -19,7 +19,12 @@ from cvprep.errors import CvprepError
 from cvprep.io import atomic_write_bytes
 from cvprep.training.data import CachedImages, Inputs, make_dataset, resized
 from cvprep.training.features import FrozenBackbone, Trainee
-from cvprep.training.models import build_training_model, for_saving, unfreeze_top
+from cvprep.training.models import (
+    NETWORK_VERSIONS,
+    build_training_model,
+    for_saving,
+    unfreeze_top,
+)
 from cvprep.training.plan import TrainPlan
 from cvprep.training.report import read_history
 from cvprep.training.run import BACKUP_FOLDER, CACHE_FOLDER, CHECKPOINT_FILE, HISTORY_FILE
@@ -205,6 +210,7 @@ def state_settings(plan: TrainPlan, fine_tuning: bool) -> dict[str, Any]:
         "data": config.data,
         "ops": plan.preprocessing.ops_text,
         "model": config.model,
+        "network": NETWORK_VERSIONS.get(config.model),
         "alpha": config.alpha,
         "weights": config.weights,
         "img_size": plan.size,
