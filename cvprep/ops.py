@@ -540,5 +540,5 @@ def warp_affine_batch(
             borderMode=BORDERS[border],
             borderValue=border_value,
         )
-        out[index] = warped.reshape(height, width, channels)  # OpenCV drops a last axis of 1
+        out[index] = _like(warped, images[index])
     return out

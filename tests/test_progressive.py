@@ -95,19 +95,15 @@ def _history(run):
         return list(csv.DictReader(handle))
 
 
+def _train(stripes, tmp_path, **settings):
+    """A tiny run at SIZE px on the stripes, in ``tmp_path/run``."""
+    return train(stripes, out=tmp_path / "run", img_size=SIZE, batch_size=8, workers=0, **settings)
+
+
 @pytest.mark.slow
 def test_a_progressive_run_trains_small_first_and_saves_a_full_size_model(stripes, tmp_path):
     lines = []
-    result = train(
-        stripes,
-        out=tmp_path / "run",
-        img_size=SIZE,
-        epochs=4,
-        batch_size=8,
-        progressive=True,
-        workers=0,
-        log=lines.append,
-    )
+    result = _train(stripes, tmp_path, epochs=4, progressive=True, log=lines.append)
     rows = _history(result.run)
     assert [int(r["img_size"]) for r in rows] == [64, 96, 150, 150]
     assert all(float(r["seconds"]) > 0 for r in rows)
@@ -127,15 +123,7 @@ def test_a_progressive_run_trains_small_first_and_saves_a_full_size_model(stripe
 
 @pytest.mark.slow
 def test_no_progressive_trains_every_epoch_at_full_size(stripes, tmp_path):
-    result = train(
-        stripes,
-        out=tmp_path / "run",
-        img_size=SIZE,
-        epochs=3,
-        batch_size=8,
-        workers=0,
-        progressive=False,
-    )
+    result = _train(stripes, tmp_path, epochs=3, progressive=False)
     assert [int(r["img_size"]) for r in _history(result.run)] == [SIZE] * 3
 
 

@@ -83,8 +83,8 @@ _BACKBONE = Recipe(
 )
 RECIPES = {
     # Measured on the 2,000 + 1,000 dev photos (README: figures and the runs behind them).
-    # 46 epochs, 20 at 64 px, 16 at 96 and 10 at 150 (progressive resizing): val 0.900 in
-    # 14.9 minutes on 2 cores (40 epochs: 0.875-0.881 in 12.6), where 60 epochs at 150 px
+    # 46 epochs, 20 at 64 px, 16 at 96 and 10 at 150 (progressive resizing): val 0.894-0.901
+    # in 12.4-15.3 minutes on 2 cores (40 epochs: 0.875-0.881), where 60 epochs at 150 px
     # took about 45 for 0.896 and 20 epochs at 150 px 17 minutes for 0.782 (README).
     "cnn": Recipe(46, 2e-3, "medium", 0.1, "cosine", weight_decay=1e-4, progressive=True),
     # The course's recipe: its exact network, Adam at 1e-3, no schedule.
@@ -414,6 +414,5 @@ class TrainConfig:
         which trained without it)."""
         names = {f.name for f in fields(cls)}
         settings = {k: v for k, v in values.items() if k in names}
-        # A run recorded before progressive resizing existed trained without it.
         settings.setdefault("progressive", False)
         return cls(**settings)

@@ -183,8 +183,7 @@ def load_split(
     if on_disk:
         if cache_file is None:
             raise ParameterError("a cache file is needed to cache on disk")
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        images = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.uint8, shape=shape)
+        images = _disk_cache(cache_file, shape)
         log(f"caching {len(split)} images on disk ({needed / 1024**2:.0f} MiB): {cache_file}")
     else:
         images = np.empty(shape, np.uint8)
@@ -215,21 +214,21 @@ def load_split(
     return CachedImages(images[: len(kept)], labels, [split.files[i] for i in kept], skipped)
 
 
+def _disk_cache(cache_file: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new memory-mapped uint8 cache of ``shape`` in ``cache_file``."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.uint8, shape=shape)
+
+
 def resized(cached: CachedImages, size: int, cache_file: Path | None = None) -> CachedImages:
     """``cached`` at ``size`` × ``size`` (area interpolation, as the saved model resizes), for
     the smaller stages of progressive resizing; in memory, or in ``cache_file`` when
     ``cached`` is on disk."""
-    import cv2
-
     shape = (len(cached), size, size, cached.images.shape[-1])
-    if isinstance(cached.images, np.memmap) and cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        images = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.uint8, shape=shape)
-    else:
-        images = np.empty(shape, np.uint8)
+    on_disk = isinstance(cached.images, np.memmap) and cache_file is not None
+    images = _disk_cache(cache_file, shape) if on_disk else np.empty(shape, np.uint8)
     for index, image in enumerate(cached.images):
-        small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        images[index] = small.reshape(shape[1:])  # cv2 drops a single channel's axis
+        images[index] = ops.resize(image, size)
     return replace(cached, images=images)
 
 
