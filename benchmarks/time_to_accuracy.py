@@ -16,7 +16,10 @@ setting) and prints, from the run's ``history.csv`` (each epoch's input size and
   included; the row's appearance in ``history.csv``), the validation accuracy, and, for the
   networks trained on images (``cnn``, ``classic``), the achieved GFLOP/s of the whole epoch
   (training FLOPs of every training image plus forward FLOPs of every validation image,
-  counted from the network at that size) and its share of the CPU's FP32 peak;
+  counted from the network at that size) and its share of the CPU's FP32 peak; and, on a
+  virtual machine, the share of the CPUs' time its hypervisor gave to other guests since the
+  previous epoch ended ("stolen", from ``/proc/stat``), with the share of the peak the epoch
+  reached on the time it was given (an epoch slowed down by its neighbours shows as such);
 - the time from the command's start to the first epoch at or above each ``--targets``
   accuracy, and the whole run's time and final validation accuracy (the kept model is the
   one with the lowest validation loss of the last stage, so it may differ from the best
@@ -39,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvprep.training import train
-from cvprep.training.compute import cpu_peak, forward_flops, training_flops
+from cvprep.training.compute import cpu_peak, cpu_ticks, forward_flops, training_flops
 from cvprep.training.models import build_classic, build_cnn
 from cvprep.training.report import read_history
 
@@ -77,11 +80,13 @@ def cpu_name() -> str:
 class EpochEnds(threading.Thread):
     """Notes the moment each row of ``history.csv`` appears (polled every 0.1 s): the time
     since the command started at each epoch's end, whatever ran between epochs (the cached
-    activations of a backbone, the switch to another input size)."""
+    activations of a backbone, the switch to another input size), and the CPUs' ticks then
+    (``ticks[0]``: at the start)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True)
         self.path, self.times, self.done = path, [], threading.Event()
+        self.ticks = [cpu_ticks()]
 
     def run(self) -> None:
         while not self.done.wait(0.1):
@@ -92,8 +97,10 @@ class EpochEnds(threading.Thread):
             rows = self.path.read_text().count("\n") - 1
         except OSError:
             return
-        now = time.perf_counter()
-        self.times.extend([now] * max(0, rows - len(self.times)))
+        now, ticks = time.perf_counter(), cpu_ticks()
+        new = max(0, rows - len(self.times))
+        self.times.extend([now] * new)
+        self.ticks.extend([ticks] * new)
 
     def stop(self) -> None:
         self.done.set()
@@ -143,7 +150,7 @@ def main() -> None:
     classes = len(config["classes"])
 
     print(f"\nstart-up and decoding: {before:.1f} s")
-    print("epoch  size  seconds  since start  val acc  GFLOP/s  of peak")
+    print("epoch  size  seconds  since start  val acc  GFLOP/s  of peak  stolen  of peak given")
     reached = {}
     for index, seconds in enumerate(history.get("seconds", [])):
         size = int(history["img_size"][index])
@@ -153,6 +160,11 @@ def main() -> None:
         if builder is not None and counts:
             rate = epoch_gflop(builder, size, channels, classes, *counts) / seconds
             speed = f"{rate:7.1f}  {100 * rate / peak_gflops:6.1f} %"
+            before, after = ends.ticks[index], ends.ticks[index + 1]
+            if before is not None and after is not None:
+                stolen = after.stolen_share_since(before)
+                given = 100 * rate / (peak_gflops * (1 - stolen)) if stolen < 1 else 0.0
+                speed += f"  {100 * stolen:4.0f} %  {given:8.1f} %"
         print(
             f"{index + 1:5d}  {size:4d}  {seconds:7.1f}  {elapsed:9.0f} s  {accuracy:7.3f}  {speed}"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -15,18 +16,22 @@ from cvprep.training.compute import (
     cpu_flags,
     cpu_ghz,
     cpu_peak,
+    cpu_ticks,
     forward_flops,
     has_native_bf16,
     leaf_layers,
     resolve_precision,
     training_flops,
 )
-from cvprep.training.data import CachedImages
+from cvprep.training.data import CachedImages, make_dataset
 from cvprep.training.features import (
+    Features,
     FrozenBackbone,
+    _val_data,
     compute_features,
     cut_backbone,
     split_at_pooling,
+    train_data,
 )
 from cvprep.training.models import build_cnn, build_training_model
 from cvprep.training.plan import resolve_plan
@@ -86,6 +91,16 @@ def test_amd_peaks_count_the_width_of_the_fma_pipes_not_of_the_instructions():
     assert cpu_peak(hygon, cores=2).gflops == pytest.approx(2 * 2.6 * 16)
 
 
+def test_stolen_time_is_read_from_proc_stat():
+    before = cpu_ticks("cpu  100 5 50 800 10 0 5 30 0 0\ncpu0 50 2 25 400 5 0 2 15 0 0\n")
+    after = cpu_ticks("cpu  200 5 60 850 10 0 5 130 0 0\ncpu0 100 2 30 425 5 0 2 65 0 0\n")
+    assert (before.stolen, before.total) == (30, 1000)
+    assert after.stolen_share_since(before) == pytest.approx(100 / 260)
+    assert after.stolen_share_since(after) == 0.0
+    assert cpu_ticks("cpu  1 2 3 4\n") is None  # a kernel without the steal counter
+    assert cpu_ticks("") is None
+
+
 def test_flops_are_counted_from_each_layers_shapes():
     inputs = keras.Input((10, 10, 4))
     x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(inputs)
@@ -105,6 +120,27 @@ def test_flops_are_counted_from_each_layers_shapes():
 
 def test_the_cnn_costs_what_the_issue_says():
     assert sum(forward_flops(build_cnn(150, 3, 2)).values()) / 1e9 == pytest.approx(0.70, abs=0.01)
+
+
+def test_training_pipelines_run_without_tf_data_autotuning():
+    # Its thread makes an iterator's teardown wait for its next wake-up: epochs, validation
+    # passes and label-check fits ended up to seconds after their data (finish_pipeline).
+    images = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
+    cached = CachedImages(images, np.array([0, 1, 0, 1, 0, 1]), [f"{i}.png" for i in range(6)])
+    features = Features(images[None].astype(np.float16), np.array([[0, 1, 0, 1, 0, 1]]))
+    plan = SimpleNamespace(config=SimpleNamespace(seed=3))
+    pipelines = {
+        "evaluation": make_dataset(cached, batch_size=4, num_classes=2),
+        "training": make_dataset(cached, batch_size=4, num_classes=2, training=True),
+        "augmented": make_dataset(
+            cached, batch_size=4, num_classes=2, training=True, augment="medium"
+        ),
+        "features": train_data(features, plan, 4),
+        "features_val": _val_data(features, 4),
+    }
+    for name, dataset in pipelines.items():
+        assert dataset.options().autotune.enabled is False, name
+        assert sum(len(labels) for _, labels in dataset) == 6, name
 
 
 def test_the_head_on_pooled_features_is_the_classifier(stripes, tmp_path):

@@ -130,6 +130,8 @@ def _trained_probe(
     import keras
     import tensorflow as tf
 
+    from cvprep.training.data import finish_pipeline
+
     keras.utils.set_random_seed(seed)
     model = probe_cnn(check.input_size, classes)
     # At least MIN_STEPS steps, however small the set: batch normalisation's moving statistics
@@ -142,8 +144,8 @@ def _trained_probe(
         .repeat()
         .batch(CNN_BATCH)
         .take(steps)
-        .prefetch(2)
     )
+    stream = finish_pipeline(stream)
     schedule = keras.optimizers.schedules.CosineDecay(CNN_LEARNING_RATE, steps)
     model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy")
     model.fit(stream, epochs=1, steps_per_epoch=steps, verbose=0)

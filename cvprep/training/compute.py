@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 CPUINFO = Path("/proc/cpuinfo")
+PROC_STAT = Path("/proc/stat")
 # FP32 FLOPs per cycle and core: a 16-lane (AVX-512) or 8-lane (AVX2) fused multiply-add
 # (2 FLOPs a lane) on two FMA ports, as Intel's Xeons of the Skylake-SP generation onwards
 # have. One-FMA-port parts (some Xeon Silver/Bronze) reach half: pass the peak explicitly.
@@ -87,6 +88,36 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CpuTicks:
+    """All CPUs' time since boot in ticks (``/proc/stat``'s first line), and the part of it
+    a virtual machine's hypervisor gave to other guests ("steal"): an epoch slowed down by
+    its neighbours says so in the benchmarks instead of passing for a slower epoch."""
+
+    stolen: int
+    total: int
+
+    def stolen_share_since(self, earlier: CpuTicks) -> float:
+        """The share of the CPUs' time stolen between ``earlier`` and this reading."""
+        elapsed = self.total - earlier.total
+        return (self.stolen - earlier.stolen) / elapsed if elapsed > 0 else 0.0
+
+
+def cpu_ticks(text: str | None = None) -> CpuTicks | None:
+    """The CPUs' ticks from ``/proc/stat`` (or ``text``); None where it cannot be read."""
+    if text is None:
+        try:
+            text = PROC_STAT.read_text()
+        except OSError:
+            return None
+    fields = text.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None  # steal is the 8th counter (Linux 2.6.11 onwards)
+    # user nice system idle iowait irq softirq steal; guest time is already in user and nice
+    ticks = [int(value) for value in fields[1:9]]
+    return CpuTicks(stolen=ticks[7], total=sum(ticks))
 
 
 def cpu_ghz(text: str | None = None) -> float:

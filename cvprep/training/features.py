@@ -30,6 +30,7 @@ from cvprep.training.data import (
     MEMORY_SHARE,
     CachedImages,
     Inputs,
+    finish_pipeline,
     make_dataset,
     memory_bytes,
 )
@@ -287,15 +288,12 @@ def train_data(features: Features, plan: TrainPlan, batch: int) -> Any:
         where = tf.stack([view, index], axis=-1)
         return tf.cast(tf.gather_nd(arrays, where), tf.float32), tf.gather_nd(labels, where)
 
-    return pairs.batch(batch).map(gather).prefetch(tf.data.AUTOTUNE)
+    return finish_pipeline(pairs.batch(batch).map(gather))
 
 
 def _val_data(features: Features, batch: int) -> Any:
     import tensorflow as tf
 
     pairs = (features.arrays[0], features.labels[0])
-    return (
-        tf.data.Dataset.from_tensor_slices(pairs)
-        .batch(batch)
-        .map(lambda x, y: (tf.cast(x, tf.float32), y))
-    )
+    dataset = tf.data.Dataset.from_tensor_slices(pairs).batch(batch)
+    return finish_pipeline(dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)))
