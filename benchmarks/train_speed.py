@@ -14,7 +14,9 @@ into cvprep's cache, as ``cvprep train`` does):
   steps, with the real input (cache + shuffle + ``medium`` augmentation in ``tf.data``) and
   with one in-memory batch repeated (the model's compute alone);
 - achieved GFLOP/s and the fraction of the CPU's FP32 peak (cores from the affinity mask,
-  clock from ``/proc/cpuinfo``, FLOP/cycle from its flags; ``--peak-gflops`` overrides).
+  clock from ``/proc/cpuinfo``, FLOP/cycle from its flags; ``--peak-gflops`` overrides),
+  and, on a virtual machine, the share of the CPUs' time its hypervisor gave to other guests
+  meanwhile ("stolen", ``/proc/stat``): a measurement slowed down by neighbours says so.
 
 Models: ``cnn`` (150×150, phase 1 of ``--model cnn``), ``mobilenet-frozen`` (α 0.25,
 288×288, phase 1 on images: the head on the frozen backbone, what ``--feature-views 0``
@@ -40,8 +42,15 @@ import numpy as np
 import tensorflow as tf
 
 from cvprep.training import TrainConfig
-from cvprep.training.compute import cpu_peak, forward_flops, training_flops
-from cvprep.training.data import CachedImages, Split, discover, load_split, make_dataset
+from cvprep.training.compute import cpu_peak, cpu_ticks, forward_flops, training_flops
+from cvprep.training.data import (
+    CachedImages,
+    Split,
+    discover,
+    finish_pipeline,
+    load_split,
+    make_dataset,
+)
 from cvprep.training.features import (
     ACTIVATION_DTYPE,
     compute_features,
@@ -100,13 +109,18 @@ def on_activations(
     return cut.upper, train_data(activations, plan, BATCH), batch
 
 
-def timed_fit(model: object, data: tf.data.Dataset, warmup: int, steps: int) -> float:
-    """Seconds of ``steps`` training steps after ``warmup`` steps (tracing, caches)."""
+def timed_fit(
+    model: object, data: tf.data.Dataset, warmup: int, steps: int
+) -> tuple[float, float | None]:
+    """Seconds of ``steps`` training steps after ``warmup`` steps (tracing, caches), and the
+    share of the CPUs' time stolen meanwhile (None where ``/proc/stat`` cannot say)."""
     data = data.repeat()
     model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
-    start = time.perf_counter()
+    before, start = cpu_ticks(), time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    return time.perf_counter() - start
+    seconds, after = time.perf_counter() - start, cpu_ticks()
+    stolen = after.stolen_share_since(before) if before and after else None
+    return seconds, stolen
 
 
 def measure(name: str, args: argparse.Namespace, precision: str, scratch: Path) -> None:
@@ -129,7 +143,7 @@ def measure(name: str, args: argparse.Namespace, precision: str, scratch: Path) 
     )
     if name == "mobilenet-top":
         model, real, batch = on_activations(model, base, plan, cached)
-    tensors = tf.data.Dataset.from_tensors(batch)
+    tensors = finish_pipeline(tf.data.Dataset.from_tensors(batch))  # as cvprep's pipelines
     flops = training_flops(model)
     forward = sum(forward_flops(model).values())
     print(
@@ -137,12 +151,13 @@ def measure(name: str, args: argparse.Namespace, precision: str, scratch: Path) 
         f"training {flops / 1e9:.3f} GFLOP per image"
     )
     for label, data in (("real input", real), ("in-memory", tensors)):
-        seconds = timed_fit(model, data, args.warmup, args.steps)
+        seconds, stolen = timed_fit(model, data, args.warmup, args.steps)
         images = args.steps * BATCH
         achieved = flops * images / seconds / 1e9
         print(
             f"  {label:11s} {images / seconds:7.1f} images/s  {seconds / args.steps:6.3f} s/step  "
             f"{achieved:6.1f} GFLOP/s  {achieved / args.peak:5.1%} of peak"
+            + ("" if stolen is None else f"  ({stolen:.0%} of the CPUs' time stolen)")
         )
 
 
