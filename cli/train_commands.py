@@ -406,7 +406,8 @@ def export_command(run: Path, fmt: str, quantize: bool, output: Path | None) -> 
     """Export RUN's model (raw RGB images in, probabilities out) for serving.
 
     The SavedModel serves without cvprep installed; the TFLite model uses built-in ops only.
-    The export is checked against model.keras on the run's own images and generated ones.
+    The export is checked against model.keras on the run's own images and generated ones
+    before it is written: a failed check or an interrupted export keeps the previous one.
 
     Python: cvprep.training.export(RUN, "tflite", quantize=True)
 

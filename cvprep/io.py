@@ -554,6 +554,50 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
             raise
 
 
+@contextlib.contextmanager
+def folder_written_atomically(target: Path) -> Iterator[Path]:
+    """A new folder beside ``target`` to write into: when the ``with`` block ends normally
+    it takes ``target``'s place (a folder already there is moved aside first, then removed);
+    when the block raises, it goes and ``target`` is untouched. A reader or an interrupted
+    run never finds a half-written folder at ``target``: killed between the two renames, the
+    old folder is left beside it under a hidden ``.NAME.*.old`` name. An ``OSError`` names
+    ``target``."""
+    with _named_after(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        )
+        # mkdtemp makes the folder private (0700); a folder made normally is 0777 minus the umask.
+        with contextlib.suppress(OSError):
+            os.chmod(partial, 0o777 & ~_umask())
+    try:
+        yield partial
+        with _named_after(target):
+            _swap_in(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already unless something failed
+
+
+def _swap_in(partial: Path, target: Path) -> None:
+    """``partial`` renamed to ``target``, whose old content (if any) goes only after that."""
+    old = None
+    if target.exists() or target.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        old.rmdir()  # a unique free name, whatever ``target`` is (folder, file or link)
+        os.replace(target, old)
+    try:
+        os.replace(partial, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)  # put the old one back
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 def copy_atomic(source: Path, target: Path) -> None:
     """Copy a file via a temporary file and ``os.replace``, keeping its modification time
     (``inspect`` takes the older of two copies for the original); the copy gets the

@@ -291,3 +291,45 @@ def test_a_write_error_names_the_target_not_its_temporary_file(tmp_path, photo):
     with pytest.raises(OSError) as info:
         cvprep.write_image(blocker / "sub" / "out.png", photo[:8, :8])
     assert info.value.filename == str(blocker / "sub" / "out.png")
+
+
+def test_a_folder_written_atomically_replaces_the_old_one_only_when_whole(tmp_path):
+    target = tmp_path / "export" / "savedmodel"
+    with cvprep.io.folder_written_atomically(target) as partial:
+        (partial / "saved_model.pb").write_bytes(b"first")
+        assert not target.exists()  # nothing at the target while it is written
+    assert (target / "saved_model.pb").read_bytes() == b"first"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~cvprep.io._umask()
+
+    with pytest.raises(RuntimeError), cvprep.io.folder_written_atomically(target) as partial:
+        (partial / "saved_model.pb").write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["saved_model.pb"]
+    assert (target / "saved_model.pb").read_bytes() == b"first"
+
+    with cvprep.io.folder_written_atomically(target) as partial:
+        (partial / "variables").mkdir()
+    assert sorted(p.name for p in target.iterdir()) == ["variables"]  # no stale file kept
+    assert sorted(p.name for p in target.parent.iterdir()) == ["savedmodel"]  # nothing left
+
+
+def test_a_folder_swap_that_fails_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "savedmodel"
+    target.mkdir()
+    (target / "old.pb").write_bytes(b"old")
+    real_replace = os.replace
+
+    def refuse_the_new_folder(source, destination):
+        if str(source).endswith(".partial"):
+            raise PermissionError(13, "Permission denied", str(destination))
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(cvprep.io.os, "replace", refuse_the_new_folder)
+    with (
+        pytest.raises(PermissionError) as info,
+        cvprep.io.folder_written_atomically(target) as partial,
+    ):
+        (partial / "new.pb").write_bytes(b"new")
+    assert info.value.filename == str(target)
+    assert [p.name for p in target.iterdir()] == ["old.pb"]
+    assert [p.name for p in tmp_path.iterdir()] == ["savedmodel"]

@@ -326,13 +326,23 @@ def test_export_compares_even_when_the_data_is_gone(cnn_run, tmp_path, monkeypat
     (moved / "config.json").write_text(json.dumps({**config, "data": "no/such/relative/folder"}))
     result = export(moved, "tflite")
     assert result.checked == 3  # the generated images
-    monkeypatch.setattr(
-        sys.modules["cvprep.training.export"],
-        "tflite_predictor",
-        lambda path: lambda image: np.zeros((1, 1), np.float32) + 0.5,
-    )
-    with pytest.raises(cvprep.CvprepError, match=r"differs from model\.keras"):
-        export(moved, "tflite")
+    saved = export(moved, "savedmodel").path
+
+    def files() -> dict[Path, tuple[bytes, int]]:  # contents and modification times
+        written = [result.path, *(p for p in saved.rglob("*") if p.is_file())]
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written}
+
+    before = files()
+    wrong = lambda model: lambda image: np.zeros((1, 1), np.float32) + 0.5  # noqa: E731
+    module = sys.modules["cvprep.training.export"]
+    monkeypatch.setattr(module, "tflite_predictor", wrong)
+    monkeypatch.setattr(module, "saved_model_predictor", wrong)
+    for fmt in ("tflite", "savedmodel"):
+        with pytest.raises(cvprep.CvprepError, match=r"differs from model\.keras.*nothing was"):
+            export(moved, fmt)
+    # The exports that passed their check are still there, untouched; nothing written beside.
+    assert files() == before
+    assert sorted(p.name for p in (moved / "export").iterdir()) == ["model.tflite", "savedmodel"]
 
 
 def test_evaluate_and_predict_report_bad_files(cnn_run, dataset, tmp_path):

@@ -20,7 +20,7 @@ from cvprep.errors import (
     filesystem_errors,
 )
 from cvprep.files import check_can_write, list_tree
-from cvprep.io import atomic_write_bytes, read_image
+from cvprep.io import atomic_write_bytes, folder_written_atomically, read_image
 from cvprep.training.run import Run, load_run
 
 FORMATS = ("savedmodel", "tflite")
@@ -49,7 +49,9 @@ def export(
 
     The check runs on up to 8 of the run's own raw images (when they can still be found)
     plus generated images of three shapes, so it always compares something; a difference
-    above the tolerance (1e-4, or 0.05 for quantised TFLite) raises ``CvprepError``.
+    above the tolerance (1e-4, or 0.05 for quantised TFLite) raises ``CvprepError``. The
+    export is compared before it takes its place: a failed check or an interrupted export
+    leaves the previous one (or nothing) at the output, never a half-written or wrong model.
 
     Examples
     --------
@@ -63,21 +65,23 @@ def export(
     if quantize and fmt != "tflite":
         raise ParameterError("`quantize` applies to the tflite format only")
     loaded = load_run(run)
-    if fmt == "savedmodel":
-        path = Path(output) if output else loaded.folder / "export" / "savedmodel"
-        _check_output(path, folder=True)
-        loaded.model.export(str(path), verbose=False)
-        predict = saved_model_predictor(path)
-        tolerance = 1e-4
-    else:
-        name = "model-quantized.tflite" if quantize else "model.tflite"
-        path = Path(output) if output else loaded.folder / "export" / name
-        _check_output(path, folder=False)
-        atomic_write_bytes(path, to_tflite(loaded.model, quantize=quantize))
-        predict = tflite_predictor(path)
-        tolerance = 0.05 if quantize else 1e-4
+    name = {"savedmodel": "savedmodel", "tflite": "model.tflite"}[fmt]
+    name = "model-quantized.tflite" if quantize else name
+    path = Path(output) if output else loaded.folder / "export" / name
+    _check_output(path, folder=fmt == "savedmodel")
     images = check_images(loaded)
-    difference = compare_predictions(loaded.model, predict, images, tolerance)
+    if fmt == "savedmodel":
+        # Written and checked beside its place, then swapped in (see the docstring).
+        with folder_written_atomically(path) as partial:
+            loaded.model.export(str(partial), verbose=False)
+            difference = compare_predictions(
+                loaded.model, saved_model_predictor(partial), images, 1e-4
+            )
+    else:
+        model = to_tflite(loaded.model, quantize=quantize)
+        tolerance = 0.05 if quantize else 1e-4
+        difference = compare_predictions(loaded.model, tflite_predictor(model), images, tolerance)
+        atomic_write_bytes(path, model)
     return ExportResult(path, fmt, len(images), difference)
 
 
@@ -109,11 +113,15 @@ def saved_model_predictor(path: Path) -> Any:
     return lambda image: np.asarray(served.serve(tf.constant(image[None], tf.float32)))
 
 
-def tflite_predictor(path: Path) -> Any:
-    """A function image → output for a TFLite model with a dynamic image size."""
+def tflite_predictor(model: Path | bytes) -> Any:
+    """A function image → output for a TFLite model (a file, or its bytes) with a dynamic
+    image size."""
     import tensorflow as tf
 
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    if isinstance(model, bytes):
+        interpreter = tf.lite.Interpreter(model_content=model)
+    else:
+        interpreter = tf.lite.Interpreter(model_path=str(model))
     input_index = interpreter.get_input_details()[0]["index"]
 
     def predict(image: np.ndarray) -> np.ndarray:
@@ -161,7 +169,7 @@ def compare_predictions(
     model: Any, predict: Any, images: list[np.ndarray], tolerance: float
 ) -> float:
     """The largest difference between the exported model and ``model``; raises above
-    ``tolerance``."""
+    ``tolerance`` (the export is compared before it is written)."""
     if not images:
         raise CvprepError("no images to compare the export with model.keras")
     worst = 0.0
@@ -171,6 +179,7 @@ def compare_predictions(
         worst = max(worst, float(np.abs(got - expected).max()))
     if worst > tolerance:
         raise CvprepError(
-            f"exported model differs from model.keras by {worst:.4f} (tolerance {tolerance})"
+            f"exported model differs from model.keras by {worst:.4f} (tolerance {tolerance}): "
+            "nothing was written, a previous export is kept"
         )
     return worst
