@@ -18,8 +18,9 @@ setting) and prints, from the run's ``history.csv`` (each epoch's input size and
   (training FLOPs of every training image plus forward FLOPs of every validation image,
   counted from the network at that size) and its share of the CPU's FP32 peak; and, on a
   virtual machine, the share of the CPUs' time its hypervisor gave to other guests since the
-  previous epoch ended ("stolen", from ``/proc/stat``), with the share of the peak the epoch
-  reached on the time it was given (an epoch slowed down by its neighbours shows as such);
+  previous epoch ended (the first epoch: since the command started; "stolen", from
+  ``/proc/stat``, for every model), with the share of the peak the epoch reached on the time
+  it was given (an epoch slowed down by its neighbours shows as such);
 - the time from the command's start to the first epoch at or above each ``--targets``
   accuracy, and the whole run's time and final validation accuracy (the kept model is the
   one with the lowest validation loss of the last stage, so it may differ from the best
@@ -156,15 +157,17 @@ def main() -> None:
         size = int(history["img_size"][index])
         accuracy = history["val_accuracy"][index]
         elapsed = ends.times[index] - started
-        speed = ""
+        rate = None
+        speed = f"{'':7s}  {'':8s}"  # no FLOP count for a backbone's phases
         if builder is not None and counts:
             rate = epoch_gflop(builder, size, channels, classes, *counts) / seconds
             speed = f"{rate:7.1f}  {100 * rate / peak_gflops:6.1f} %"
-            before, after = ends.ticks[index], ends.ticks[index + 1]
-            if before is not None and after is not None:
-                stolen = after.stolen_share_since(before)
-                given = 100 * rate / (peak_gflops * (1 - stolen)) if stolen < 1 else 0.0
-                speed += f"  {100 * stolen:4.0f} %  {given:8.1f} %"
+        epoch_start, epoch_end = ends.ticks[index], ends.ticks[index + 1]
+        if epoch_start is not None and epoch_end is not None:
+            stolen = epoch_end.stolen_share_since(epoch_start)
+            speed += f"  {100 * stolen:4.0f} %"
+            if rate is not None and stolen < 1:
+                speed += f"  {100 * rate / (peak_gflops * (1 - stolen)):8.1f} %"
         print(
             f"{index + 1:5d}  {size:4d}  {seconds:7.1f}  {elapsed:9.0f} s  {accuracy:7.3f}  {speed}"
         )

@@ -408,6 +408,7 @@ def export_command(run: Path, fmt: str, quantize: bool, output: Path | None) -> 
     The SavedModel serves without cvprep installed; the TFLite model uses built-in ops only.
     The export is checked against model.keras on the run's own images and generated ones
     before it is written: a failed check or an interrupted export keeps the previous one.
+    A SavedModel replaces its whole folder: -o must be new, empty or an earlier export.
 
     Python: cvprep.training.export(RUN, "tflite", quantize=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import io
 import os
 import re
@@ -559,11 +560,16 @@ def folder_written_atomically(target: Path) -> Iterator[Path]:
     """A new folder beside ``target`` to write into: when the ``with`` block ends normally
     it takes ``target``'s place (a folder already there is moved aside first, then removed);
     when the block raises, it goes and ``target`` is untouched. A reader or an interrupted
-    run never finds a half-written folder at ``target``: killed between the two renames, the
-    old folder is left beside it under a hidden ``.NAME.*.old`` name. An ``OSError`` names
-    ``target``."""
+    run never finds a half-written folder at ``target``: killed while writing, it leaves a
+    hidden ``.NAME.*.partial`` folder beside it; killed in the instant between the two
+    renames, the old folder waits beside it as ``.NAME.*.old`` and the next call puts it
+    back first. A link at ``target`` is followed (the folder it points to is replaced). An
+    ``OSError`` names ``target``."""
+    if target.is_symlink():
+        target = target.resolve()
     with _named_after(target):
         target.parent.mkdir(parents=True, exist_ok=True)
+        _restore_interrupted_swap(target)
         partial = Path(
             tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         )
@@ -576,6 +582,16 @@ def folder_written_atomically(target: Path) -> Iterator[Path]:
             _swap_in(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # gone already unless something failed
+
+
+def _restore_interrupted_swap(target: Path) -> None:
+    """An old folder moved aside by a swap that was killed before the new one took its
+    place goes back to ``target``."""
+    if target.exists() or target.is_symlink():
+        return
+    aside = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.old"))
+    if aside:
+        os.replace(max(aside, key=lambda path: path.stat().st_mtime), target)
 
 
 def _swap_in(partial: Path, target: Path) -> None:

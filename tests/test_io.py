@@ -333,3 +333,23 @@ def test_a_folder_swap_that_fails_puts_the_old_folder_back(tmp_path, monkeypatch
     assert info.value.filename == str(target)
     assert [p.name for p in target.iterdir()] == ["old.pb"]
     assert [p.name for p in tmp_path.iterdir()] == ["savedmodel"]
+
+
+def test_a_folder_write_follows_a_link_and_repairs_an_interrupted_swap(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "old.pb").write_bytes(b"old")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with cvprep.io.folder_written_atomically(link) as partial:
+        (partial / "new.pb").write_bytes(b"new")
+    assert link.is_symlink() and [p.name for p in real.iterdir()] == ["new.pb"]
+
+    # Killed between the renames: the old folder waits aside and nothing is at the target.
+    target = tmp_path / "savedmodel"
+    aside = tmp_path / ".savedmodel.abc123.old"
+    aside.mkdir()
+    (aside / "saved_model.pb").write_bytes(b"kept")
+    with pytest.raises(RuntimeError), cvprep.io.folder_written_atomically(target):
+        raise RuntimeError("this write fails too")
+    assert (target / "saved_model.pb").read_bytes() == b"kept" and not aside.exists()

@@ -98,6 +98,7 @@ def test_stolen_time_is_read_from_proc_stat():
     assert after.stolen_share_since(before) == pytest.approx(100 / 260)
     assert after.stolen_share_since(after) == 0.0
     assert cpu_ticks("cpu  1 2 3 4\n") is None  # a kernel without the steal counter
+    assert cpu_ticks("cpu  1 2 3 4 5 6 7 x\n") is None
     assert cpu_ticks("") is None
 
 

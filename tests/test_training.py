@@ -345,6 +345,17 @@ def test_export_compares_even_when_the_data_is_gone(cnn_run, tmp_path, monkeypat
     assert sorted(p.name for p in (moved / "export").iterdir()) == ["model.tflite", "savedmodel"]
 
 
+def test_a_savedmodel_export_never_replaces_a_folder_of_other_files(cnn_run, tmp_path):
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for output in (cnn_run, mine, cnn_run.parent):
+        with pytest.raises(cvprep.CvprepError, match="folder with other files"):
+            export(cnn_run, "savedmodel", output=output)
+    assert (mine / "notes.txt").read_text() == "mine"
+    assert (cnn_run / "model.keras").is_file()
+
+
 def test_evaluate_and_predict_report_bad_files(cnn_run, dataset, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really")

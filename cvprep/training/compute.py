@@ -115,8 +115,12 @@ def cpu_ticks(text: str | None = None) -> CpuTicks | None:
     fields = text.split("\n", 1)[0].split()
     if not fields or fields[0] != "cpu" or len(fields) < 9:
         return None  # steal is the 8th counter (Linux 2.6.11 onwards)
-    # user nice system idle iowait irq softirq steal; guest time is already in user and nice
-    ticks = [int(value) for value in fields[1:9]]
+    # user nice system idle iowait irq softirq steal; guest time is already in user and nice.
+    # All CPUs of the machine, not only this process's: the hypervisor steals from the VM.
+    try:
+        ticks = [int(value) for value in fields[1:9]]
+    except ValueError:
+        return None
     return CpuTicks(stolen=ticks[7], total=sum(ticks))
 
 

@@ -24,6 +24,7 @@ from cvprep.io import atomic_write_bytes, folder_written_atomically, read_image
 from cvprep.training.run import Run, load_run
 
 FORMATS = ("savedmodel", "tflite")
+SAVED_MODEL_FILE = "saved_model.pb"  # what tells an earlier export from another folder
 REAL_IMAGES = 8
 # Generated check images of several shapes: the check never depends on finding the data.
 GENERATED_SHAPES = ((96, 128), (200, 150), (64, 64))
@@ -65,8 +66,8 @@ def export(
     if quantize and fmt != "tflite":
         raise ParameterError("`quantize` applies to the tflite format only")
     loaded = load_run(run)
-    name = {"savedmodel": "savedmodel", "tflite": "model.tflite"}[fmt]
-    name = "model-quantized.tflite" if quantize else name
+    name = "model-quantized.tflite" if quantize else "model.tflite"
+    name = "savedmodel" if fmt == "savedmodel" else name
     path = Path(output) if output else loaded.folder / "export" / name
     _check_output(path, folder=fmt == "savedmodel")
     images = check_images(loaded)
@@ -86,10 +87,21 @@ def export(
 
 
 def _check_output(path: Path, *, folder: bool) -> None:
-    """Before the (slow) conversion: the output can be written, and is of the right kind."""
+    """Before the (slow) conversion: the output can be written, and is of the right kind. A
+    SavedModel replaces the whole folder, so only an empty one or an earlier SavedModel is
+    accepted there (not, say, the run folder or a folder of runs)."""
     check_can_write(path)
+    # The folder is swapped in beside the target: its parent must take new entries too.
+    check_can_write(path.resolve().parent)
     if folder and path.exists() and not path.is_dir():
         raise FileSystemError(str(path), "is a file: a SavedModel is written as a folder")
+    earlier_export = (path / SAVED_MODEL_FILE).is_file()
+    if folder and path.is_dir() and any(path.iterdir()) and not earlier_export:
+        raise FileSystemError(
+            str(path),
+            "is a folder with other files: a SavedModel replaces the whole folder, so give "
+            "a new or empty folder, or an earlier export",
+        )
     if not folder and path.is_dir():
         raise FileSystemError(str(path), "is a folder: a TFLite model is written as a file")
 
@@ -113,15 +125,15 @@ def saved_model_predictor(path: Path) -> Any:
     return lambda image: np.asarray(served.serve(tf.constant(image[None], tf.float32)))
 
 
-def tflite_predictor(model: Path | bytes) -> Any:
+def tflite_predictor(model: str | os.PathLike[str] | bytes) -> Any:
     """A function image → output for a TFLite model (a file, or its bytes) with a dynamic
     image size."""
     import tensorflow as tf
 
-    if isinstance(model, bytes):
-        interpreter = tf.lite.Interpreter(model_content=model)
+    if isinstance(model, (str, os.PathLike)):
+        interpreter = tf.lite.Interpreter(model_path=os.fspath(model))
     else:
-        interpreter = tf.lite.Interpreter(model_path=str(model))
+        interpreter = tf.lite.Interpreter(model_content=bytes(model))
     input_index = interpreter.get_input_details()[0]["index"]
 
     def predict(image: np.ndarray) -> np.ndarray:
