@@ -566,7 +566,7 @@ def folder_written_atomically(target: Path) -> Iterator[Path]:
     back first. A link at ``target`` is followed (the folder it points to is replaced). An
     ``OSError`` names ``target``."""
     if target.is_symlink():
-        target = target.resolve()
+        target = target.resolve()  # from here on not a link: the swaps rename real entries
     with _named_after(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         _restore_interrupted_swap(target)
@@ -587,9 +587,9 @@ def folder_written_atomically(target: Path) -> Iterator[Path]:
 def _restore_interrupted_swap(target: Path) -> None:
     """An old folder moved aside by a swap that was killed before the new one took its
     place goes back to ``target``."""
-    if target.exists() or target.is_symlink():
+    if target.exists():
         return
-    aside = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.old"))
+    aside = list(target.parent.glob(f".{glob.escape(target.name)}.*.old"))
     if aside:
         os.replace(max(aside, key=lambda path: path.stat().st_mtime), target)
 
@@ -597,9 +597,9 @@ def _restore_interrupted_swap(target: Path) -> None:
 def _swap_in(partial: Path, target: Path) -> None:
     """``partial`` renamed to ``target``, whose old content (if any) goes only after that."""
     old = None
-    if target.exists() or target.is_symlink():
+    if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        old.rmdir()  # a unique free name, whatever ``target`` is (folder, file or link)
+        old.rmdir()  # a unique free name, whether ``target`` is a folder or a file
         os.replace(target, old)
     try:
         os.replace(partial, target)
@@ -608,7 +608,7 @@ def _swap_in(partial: Path, target: Path) -> None:
             os.replace(old, target)  # put the old one back
         raise
     if old is not None:
-        if old.is_dir() and not old.is_symlink():
+        if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)

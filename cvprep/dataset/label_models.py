@@ -138,14 +138,13 @@ def _trained_probe(
     # need a few dozen to settle, or predictions stay near chance. One pass over a shuffled,
     # repeated stream: Keras' per-epoch overhead dominates small sets otherwise.
     steps = max(MIN_STEPS, check.epochs * -(-len(y) // CNN_BATCH))
-    stream = (
+    stream = finish_pipeline(
         tf.data.Dataset.from_tensor_slices((images, y))
         .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
         .repeat()
         .batch(CNN_BATCH)
         .take(steps)
     )
-    stream = finish_pipeline(stream)
     schedule = keras.optimizers.schedules.CosineDecay(CNN_LEARNING_RATE, steps)
     model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy")
     model.fit(stream, epochs=1, steps_per_epoch=steps, verbose=0)

@@ -66,8 +66,10 @@ def export(
     if quantize and fmt != "tflite":
         raise ParameterError("`quantize` applies to the tflite format only")
     loaded = load_run(run)
-    name = "model-quantized.tflite" if quantize else "model.tflite"
-    name = "savedmodel" if fmt == "savedmodel" else name
+    if fmt == "savedmodel":
+        name = "savedmodel"
+    else:
+        name = "model-quantized.tflite" if quantize else "model.tflite"
     path = Path(output) if output else loaded.folder / "export" / name
     _check_output(path, folder=fmt == "savedmodel")
     images = check_images(loaded)
